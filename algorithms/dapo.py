@@ -1,0 +1,32 @@
+"""DAPO (Yu et al. 2025): clip-higher, token-level loss, overlong shaping/filtering and dynamic sampling."""
+from __future__ import annotations
+
+import math
+
+from algorithms.base import ALGORITHMS, Algorithm, GenerateFn
+from rpo_core.types import RolloutBatch
+
+
+@ALGORITHMS.register("dapo")
+class DAPO(Algorithm):
+    def collect(self, generate: GenerateFn) -> tuple[RolloutBatch, dict]:
+        """Dynamic sampling: over-sample, keep only groups whose rewards differ, until the batch is full
+        or `max_gen_batches` generation rounds have run (then train on what there is)."""
+        want = self.cfg.train_batch_size
+        per_round = math.ceil(want * self.cfg.oversample)
+        kept: list[RolloutBatch] = []
+        have = rounds = dropped = 0
+        while have < want and rounds < self.cfg.max_gen_batches:
+            batch = generate(per_round)
+            rounds += 1
+            varied = [g for g in range(batch.num_groups) if len(set(batch.rewards[batch.group_size * g:batch.group_size * (g + 1)])) > 1]
+            dropped += batch.num_groups - len(varied)
+            varied = varied[: want - have]
+            if varied:
+                kept.append(batch.select_groups(varied))
+                have += len(varied)
+        stats = {"dapo_gen_batches": rounds, "dapo_groups_dropped": dropped, "dapo_groups_kept": have,
+                 "dapo_batch_full": float(have >= want)}
+        if not kept:  # every group constant: nothing carries gradient, but the step is still logged
+            return batch.select_groups([]), stats
+        return RolloutBatch.concat(kept), stats

@@ -1,0 +1,86 @@
+"""Reward shaping on top of correctness: DAPO's soft overlong punishment, RPO's length-aware reward, a format
+bonus, and their composition from the `reward` config node. Lengths are response lengths in tokens.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def overlong_penalty(lengths: Tensor, max_len: int, cache_len: int) -> Tensor:
+    """DAPO soft overlong punishment: R(L) = 0 if L <= Lmax - Lcache; (Lmax - Lcache - L) / Lcache if Lmax - Lcache < L <= Lmax; -1 if L > Lmax."""
+    if not 0 <= cache_len <= max_len:
+        raise ValueError(f"need 0 <= cache_len <= max_len, got cache_len={cache_len}, max_len={max_len}")
+    L = lengths.to(torch.float64)
+    soft_start = max_len - cache_len
+    if cache_len == 0:
+        ramp = torch.zeros_like(L)
+    else:
+        ramp = ((soft_start - L) / cache_len).clamp(max=0.0)
+    return torch.where(L > max_len, torch.full_like(L, -1.0), ramp)
+
+
+def length_aware_reward(
+    rewards: Tensor, lengths: Tensor, group_size: int, alpha: float = 0.01, low: float = 0.5, high: float = 1.0
+) -> Tensor:
+    """RPO Eq. 11 on correct responses: R_i = clip(r_i / (1 + exp(-alpha * (mean_correct_len - len_i))), low, high); r_i <= 0 unchanged.
+
+    The mean is over the correct responses of the question's group and only correct responses (r_i > 0) are
+    rescaled; wrong ones keep their reward, and a group without a correct response is untouched. This is what
+    the authors' code does (github.com/yhz5613813/RPO, src/open_r1/rewards.py, `accuracy_reward`: mask =
+    reward == 1, mean of the masked lengths, clip to [0.5, 1]); applied to r = 0 the clip would pay a wrong
+    answer 0.5. A correct response at the mean length gets r/2 (= low), shorter ones up to `high`.
+    """
+    if rewards.shape != lengths.shape or rewards.dim() != 1:
+        raise ValueError(f"rewards and lengths must be 1-D of equal shape, got {tuple(rewards.shape)}, {tuple(lengths.shape)}")
+    if group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.to(torch.float64).view(-1, group_size)
+    L = lengths.to(torch.float64).view(-1, group_size)
+    ok = r > 0
+    n_ok = ok.sum(dim=1, keepdim=True)
+    mean_ok = (L * ok).sum(dim=1, keepdim=True) / n_ok.clamp(min=1)
+    shaped = (r / (1 + torch.exp(-alpha * (mean_ok - L)))).clamp(low, high)
+    return torch.where(ok, shaped, r).view(-1)
+
+
+def compose_rewards(
+    correct: list[bool], has_answer: list[bool], lengths: list[int], group_size: int, cfg: Any
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Total reward per sample and each term (summing to the total), from the `reward` config node.
+
+    correctness: binary 1/0 or signed +1/-1. length_aware (RPO) rescales the correctness term of correct
+    responses; its term is the change it makes. format: format_weight if an answer was extracted. overlong:
+    weight * DAPO soft overlong punishment of the response length.
+    """
+    n = len(correct)
+    if not (len(has_answer) == len(lengths) == n):
+        raise ValueError(f"correct, has_answer and lengths differ in length: {n}, {len(has_answer)}, {len(lengths)}")
+    mode = cfg.get("correctness", "binary")
+    if mode not in ("binary", "signed"):
+        raise ValueError(f"reward.correctness must be 'binary' or 'signed', got {mode!r}")
+    ok = torch.tensor(correct, dtype=torch.bool)
+    L = torch.tensor(lengths, dtype=torch.float64)
+    r = torch.where(ok, 1.0, 0.0 if mode == "binary" else -1.0).to(torch.float64)
+    parts: dict[str, Tensor] = {"correctness": r}
+    total = r.clone()
+
+    la = cfg.get("length_aware") or {}
+    if la.get("enabled", False):
+        shaped = length_aware_reward(r, L, group_size, la.get("alpha", 0.01), la.get("low", 0.5), la.get("high", 1.0))
+        parts["length_aware"] = shaped - r
+        total = shaped.clone()
+
+    format_weight = float(cfg.get("format_weight", 0.0) or 0.0)
+    if format_weight:
+        parts["format"] = format_weight * torch.tensor(has_answer, dtype=torch.float64)
+        total = total + parts["format"]
+
+    ov = cfg.get("overlong") or {}
+    if ov.get("enabled", False):
+        parts["overlong"] = float(ov.get("weight", 1.0)) * overlong_penalty(L, int(ov["max_len"]), int(ov["cache_len"]))
+        total = total + parts["overlong"]
+
+    return total.tolist(), {k: v.tolist() for k, v in parts.items()}

@@ -1,0 +1,38 @@
+"""The rollout engine protocol: token ids in, token ids + sampled-token logprobs out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol, Sequence
+
+import torch
+
+
+@dataclass
+class Generation:
+    """One sampled continuation of one prompt."""
+
+    token_ids: list[int]
+    logprobs: list[float]  # logprob of each sampled token under the engine's current weights (after temperature)
+    finished: bool  # False when the token budget ran out before EOS
+    text: str
+
+
+@dataclass
+class GenerationRequest:
+    """Prompt ids (for RPO: question + kept prefix), how many samples, and the token budget."""
+
+    prompt_ids: Sequence[int]
+    n: int
+    max_new_tokens: int
+    seed: int | None = None  # per-request sampling seed: makes sampling independent of batch composition
+
+
+class RolloutEngine(Protocol):
+    def generate(self, requests: list[GenerationRequest], temperature: float) -> list[list[Generation]]:
+        """Sample request.n continuations per request (temperature 0 = greedy)."""
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Replace the engine's weights in place; returns how many tensors were loaded."""
+
+    def sequence_logprobs(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> list[float]:
+        """Logprobs the engine assigns to a fixed response (for sync checks)."""

@@ -1,0 +1,94 @@
+"""Per-step metrics: one JSON line per optimizer step in <output_dir>/metrics.jsonl, mirrored to wandb and stdout."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+class PhaseTimer:
+    """Wall time of each named phase of a step: `with timer("rollout"): ...` -> {"time_rollout": s}."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"time_{phase}"
+            self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - start
+
+
+def to_number(v):
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN/inf; null says "not available"
+    return v
+
+
+class MetricsLogger:
+    def __init__(self, output_dir: Path, cfg, run_config: dict, resume_step: int = 0):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate_after(resume_step)
+        self.wandb = None
+        if cfg.wandb:
+            import wandb
+
+            # mode=None lets WANDB_MODE decide; the config default is offline so a run never waits on a network.
+            self.wandb = wandb.init(
+                project=cfg.project, mode=os.environ.get("WANDB_MODE", cfg.mode), dir=str(output_dir),
+                config=run_config, resume="allow", id=_wandb_id(output_dir),
+            )
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop lines of steps the checkpoint does not contain, so no step appears twice."""
+        if not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict) -> dict:
+        record = {k: to_number(v) for k, v in record.items() if not k.startswith("_")}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if v is not None}, step=record["step"])
+        return record
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_id(output_dir) -> str:
+    import hashlib
+
+    return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def format_step_line(r: dict) -> str:
+    def f(key, fmt):
+        v = r.get(key)
+        return "-" if v is None else format(v, fmt)
+
+    acc = f" acc {r['accuracy']:.3f}" if r.get("accuracy") is not None else ""
+    return (
+        f"step {r['step']:>4} | reward {f('reward_mean', '.3f')} correct {f('correct_mean', '.3f')}{acc} | "
+        f"tokens {r.get('rollout_tokens', 0):>6} | rollout {f('time_rollout', '.1f')}s reward {f('time_reward', '.2f')}s "
+        f"train {f('time_train', '.1f')}s sync {f('time_sync', '.2f')}s step {f('time_step', '.1f')}s | "
+        f"mismatch {f('logprob_mismatch', '.4f')}"
+    )

@@ -1,0 +1,38 @@
+"""Shared fixtures: the tiny random model (built once, cached on disk) and the environment DeepSpeed/vLLM need."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rpo_core.distributed import configure_environment  # noqa: E402
+
+configure_environment("cpu")
+
+
+def compose(*overrides: str):
+    """The project config as `rpo-train` would compose it, with overrides."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> str:
+    from rpo_core.models import prepare_model
+
+    return prepare_model(compose("model=tiny").model)
+
+
+@pytest.fixture(scope="session")
+def dist():
+    """A single-process gloo world, set up the way rpo-train does it (before any engine is built)."""
+    from rpo_core.distributed import init_distributed
+
+    return init_distributed("gloo")
