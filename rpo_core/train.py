@@ -143,9 +143,9 @@ def update_phase(run, batch, step: int) -> dict:
     return stats
 
 
-def sync_phase(run) -> dict:
+def sync_phase(run, step: int) -> dict:
     """Copy the learner's weights into the rollout engine (all ranks gather under ZeRO-3; rank 0 loads)."""
-    return {"synced_tensors": run.sync_engine()}
+    return run.sync_engine(step)
 
 
 def cache_phase(run, batch, step: int) -> dict:
@@ -202,7 +202,7 @@ def _train(run) -> dict:
             with run.timer("train"):
                 stats.update(update_phase(run, run.shard(mb), step))
             with run.timer("sync"):
-                stats.update(sync_phase(run))
+                stats.update(sync_phase(run, step))
             if run.rank == 0:
                 with run.timer("cache"):
                     stats.update(cache_phase(run, mb, step))

@@ -11,7 +11,7 @@ from test_train_e2e import ROOT, SMALL
 
 def test_sweep_then_report(tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "rpo_core.train", "-m", *SMALL, "algorithm=grpo,rapid", "algorithm.inference_batch_size=8",
+    cmd = [sys.executable, "-m", "rpo_core.train", "-m", *SMALL, "algorithm=grpo,rapid",
            "rpo.enabled=true", "rpo.max_truncate=8", "seed=0", "trainer.total_steps=2", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]

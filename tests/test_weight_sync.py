@@ -50,3 +50,41 @@ def test_sync_makes_vllm_match_the_learner(engine, tiny_model_path, stage):
     assert (learner_after - before).abs().max() > 1e-2, "the update did not move the learner"
     assert torch.allclose(synced, learner_after, atol=2e-4), (synced - learner_after).abs().max()
     assert not torch.allclose(synced, before, atol=1e-3)
+
+
+def _scaled_weights(path, scale):
+    from safetensors.torch import load_file
+    import glob
+
+    weights = {}
+    for f in sorted(glob.glob(f"{path}/*.safetensors")):
+        weights.update(load_file(f))
+    return {name: t * scale for name, t in weights.items()}
+
+
+def test_a_failed_sync_leaves_the_engine_on_its_previous_weights(engine, tiny_model_path):
+    """Non-finite weights are refused before vLLM is touched; a reload that breaks inside vLLM is rolled back."""
+    from rollout.base import SyncError
+
+    engine.load_weights(_scaled_weights(tiny_model_path, 1.0).items())
+    tb, prompt, response = _fixed_batch(engine.tokenizer)
+    before = torch.tensor(engine.sequence_logprobs(prompt, response))
+
+    poisoned = _scaled_weights(tiny_model_path, 1.5)
+    name = sorted(poisoned)[-1]
+    poisoned[name] = poisoned[name].clone()
+    poisoned[name].view(-1)[0] = float("nan")
+    with pytest.raises(SyncError, match="non-finite"):
+        engine.load_weights(poisoned.items())
+    assert torch.equal(torch.tensor(engine.sequence_logprobs(prompt, response)), before)
+
+    # every tensor but the last (in load order) is valid and different: vLLM loads those, then fails on the last
+    misshaped = _scaled_weights(tiny_model_path, 1.5)
+    misshaped[name] = torch.zeros(misshaped[name].numel() + 3)
+    with pytest.raises(SyncError, match="previous weights restored"):
+        engine.load_weights(misshaped.items())
+    assert torch.equal(torch.tensor(engine.sequence_logprobs(prompt, response)), before)
+
+    # and a good sync still goes through afterwards
+    engine.load_weights(_scaled_weights(tiny_model_path, 1.5).items())
+    assert not torch.allclose(torch.tensor(engine.sequence_logprobs(prompt, response)), before, atol=1e-3)
