@@ -24,9 +24,9 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_process else "1"
         if not self.in_process:
             os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc with our own worker functions
-        # Weights reach vLLM through this file in both modes; it is kept until the next sync, to restore from.
+        # Weights reach vLLM through this file (in shared memory) in both modes.
         self.sync_file = os.path.join(cfg.sync_dir, f"rpo-weights-{os.getpid()}.safetensors")
-        self.model_path = model_path
+        self.expected_shapes = checkpoint_shapes(model_path)  # what a sync must deliver, checked before vLLM is touched
         from vllm import LLM
 
         self.llm = LLM(
@@ -74,38 +74,34 @@ class VLLMEngine:
         return Generation(token_ids=ids, logprobs=lps, finished=c.finish_reason == "stop", text=c.text)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """All-or-nothing reload. Tensors are gathered, checked finite and written to a staging file before vLLM is
-        touched, so a failure up to there leaves the engine as it was; a failure inside vLLM's reload is undone by
-        reloading the previous weights (the last synced file, or the model folder before the first sync)."""
+        """All-or-nothing reload. Tensors are gathered, checked (finite, and the names and shapes of the model's
+        checkpoint) and written to a staging file before vLLM is touched: any failure up to there is a SyncError and
+        leaves the engine on its weights. vLLM's layerwise reload cannot be rolled back once it starts, so a failure
+        inside it is fatal (resume from the last checkpoint)."""
         from safetensors.torch import save_file
 
         staged = stage_weights(named_tensors)
+        wrong = {n: tuple(t.shape) for n, t in staged.items() if self.expected_shapes.get(n) != tuple(t.shape)}
+        missing = sorted(set(self.expected_shapes) - set(staged))
+        if wrong or missing:
+            raise SyncError(f"weights do not match the engine's model: wrong name or shape {dict(list(wrong.items())[:3])}, "
+                            f"missing {missing[:3]}")
+        save_file(staged, self.sync_file)
         count = len(staged)
-        save_file(staged, self.sync_file + ".next")
         del staged
         try:
-            self._reload([self.sync_file + ".next"])
+            self.llm.collective_rpc(_reload_from_file, args=(self.sync_file,))
+            self.llm.collective_rpc(_refresh_tied_lm_head)
         except Exception as e:
-            self._reload(self._previous_weight_files())
-            raise SyncError(f"vLLM reload failed ({type(e).__name__}: {e}); previous weights restored") from e
+            raise RuntimeError(f"vLLM failed inside reload_weights; the engine's weights are undefined: {e}") from e
         finally:
-            self.llm.reset_prefix_cache()  # cached KV blocks were computed with other weights
-        os.replace(self.sync_file + ".next", self.sync_file)  # the new "previous weights"
+            os.unlink(self.sync_file)
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         return count
 
-    def _reload(self, files: list[str]) -> None:
-        self.llm.collective_rpc(_reload_from_files, args=(files,))
-        self.llm.collective_rpc(_refresh_tied_lm_head)
-
-    def _previous_weight_files(self) -> list[str]:
-        if os.path.exists(self.sync_file):
-            return [self.sync_file]
-        return sorted(glob.glob(os.path.join(self.model_path, "*.safetensors")))
-
     def close(self) -> None:
-        for path in (self.sync_file, self.sync_file + ".next"):
-            if os.path.exists(path):
-                os.unlink(path)
+        if os.path.exists(self.sync_file):
+            os.unlink(self.sync_file)
 
     def sequence_logprobs(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> list[float]:
         from vllm import SamplingParams
@@ -121,17 +117,23 @@ class VLLMEngine:
         return [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
 
 
-def _reload_from_files(worker, paths: list[str]) -> None:
-    """Runs inside vLLM's worker (its own process, or ours with inproc): stream safetensors files into reload_weights."""
+def _reload_from_file(worker, path: str) -> None:
+    """Runs inside vLLM's worker (its own process, or ours with inproc): stream a safetensors file into reload_weights."""
     from safetensors import safe_open
 
-    def tensors():
-        for path in paths:
-            with safe_open(path, "pt") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
+    with safe_open(path, "pt") as f:
+        worker.reload_weights(weights_iterator=((name, f.get_tensor(name)) for name in f.keys()))
 
-    worker.reload_weights(weights_iterator=tensors())
+
+def checkpoint_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a Hugging Face folder's safetensors files (headers only)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in sorted(glob.glob(os.path.join(model_path, "*.safetensors"))):
+        with safe_open(path, "pt") as f:
+            shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+    return shapes
 
 
 def _refresh_tied_lm_head(worker) -> None:

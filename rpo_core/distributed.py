@@ -30,8 +30,8 @@ def configure_environment(device: str) -> None:
 def init_distributed(backend: str) -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed; works with or without a launcher. Returns (rank, world_size)."""
     if "RANK" not in os.environ:  # plain `python`/`rpo-train`: a world of one, no MPI discovery
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        # A fresh port even if MASTER_PORT is inherited: a parent process may still be listening on it.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     import deepspeed
     import deepspeed.comm.torch  # noqa: F401  (module object reached through sys.modules below)
 

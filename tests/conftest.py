@@ -23,6 +23,13 @@ def compose(*overrides: str):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+def child_env(**extra: str) -> dict:
+    """Environment for a child `rpo-train`: without the launcher variables the `dist` fixture set in this process,
+    which would make the child join (and collide with) this process's distributed world."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, **extra}
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
     from rpo_core.models import prepare_model

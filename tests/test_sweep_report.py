@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import child_env
 from test_train_e2e import ROOT, SMALL
 
 
@@ -13,7 +14,7 @@ def test_sweep_then_report(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "rpo_core.train", "-m", *SMALL, "algorithm=grpo,rapid",
            "rpo.enabled=true", "rpo.max_truncate=8", "seed=0", "trainer.total_steps=2", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=child_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = subprocess.run([sys.executable, "-m", "experiments.report", str(sweep)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)

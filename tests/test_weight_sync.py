@@ -63,7 +63,7 @@ def _scaled_weights(path, scale):
 
 
 def test_a_failed_sync_leaves_the_engine_on_its_previous_weights(engine, tiny_model_path):
-    """Non-finite weights are refused before vLLM is touched; a reload that breaks inside vLLM is rolled back."""
+    """Non-finite, misshaped or missing weights are refused before vLLM is touched."""
     from rollout.base import SyncError
 
     engine.load_weights(_scaled_weights(tiny_model_path, 1.0).items())
@@ -78,11 +78,15 @@ def test_a_failed_sync_leaves_the_engine_on_its_previous_weights(engine, tiny_mo
         engine.load_weights(poisoned.items())
     assert torch.equal(torch.tensor(engine.sequence_logprobs(prompt, response)), before)
 
-    # every tensor but the last (in load order) is valid and different: vLLM loads those, then fails on the last
+    # every tensor but the last (in load order) is valid and different: without the check vLLM would load those
     misshaped = _scaled_weights(tiny_model_path, 1.5)
     misshaped[name] = torch.zeros(misshaped[name].numel() + 3)
-    with pytest.raises(SyncError, match="previous weights restored"):
+    with pytest.raises(SyncError, match="wrong name or shape"):
         engine.load_weights(misshaped.items())
+    partial = _scaled_weights(tiny_model_path, 1.5)
+    del partial[name]
+    with pytest.raises(SyncError, match="missing"):
+        engine.load_weights(partial.items())
     assert torch.equal(torch.tensor(engine.sequence_logprobs(prompt, response)), before)
 
     # and a good sync still goes through afterwards
