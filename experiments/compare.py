@@ -20,7 +20,7 @@ PRESETS = {
     # RPO regenerates only the tail of a cached response: compare generation cost and time per step at equal steps.
     "rpo": ["rpo.enabled=false,true"],
     # RAPID: one inference pass for 4 train batches; GRPO: one per step. Same steps x prompts = same number of samples.
-    "rapid": ["algorithm=grpo,rapid", "algorithm.inference_batch_size=64"],
+    "rapid": ["algorithm=grpo,rapid"],  # rapid.yaml: 64 prompts per inference pass, H = 64 / 16 = 4
 }
 COMMON = ["trainer.total_steps=12", "trainer.eval_every=0", "trainer.save_every=0", "trainer.progress=false"]
 

@@ -221,7 +221,8 @@ def _train(run) -> dict:
     return last
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="config")
+# An absolute path: the config folder sits beside the packages, whether run as `rpo-train` or `python -m`.
+@hydra.main(version_base=None, config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

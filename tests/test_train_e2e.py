@@ -75,3 +75,18 @@ def test_missing_model_path_says_where_it_looked(tmp_path):
     proc = rpo_train(tmp_path, "model=path", f"model.path={tmp_path / 'nope'}", check=False)
     assert proc.returncode != 0
     assert str(tmp_path / "nope") in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("script,args", [("rpo-train", ["learner.zero_stage=9"]), ("rpo-cache", ["--help"]),
+                                         ("rpo-report", ["--help"])])
+def test_console_scripts_are_installed_and_start(script, args):
+    """The entry points of setup.py resolve to importable modules (an editable install that misses a package fails)."""
+    exe = Path(sys.executable).parent / script
+    if not exe.exists():
+        pytest.skip(f"{script} is not installed next to {sys.executable}")
+    proc = subprocess.run([str(exe), *args], cwd="/", capture_output=True, text=True, timeout=120, env=child_env())
+    assert "ModuleNotFoundError" not in proc.stderr, proc.stderr[-2000:]
+    if script == "rpo-train":
+        assert proc.returncode == 2 and "learner.zero_stage=9" in proc.stderr, proc.stderr[-2000:]
+    else:
+        assert proc.returncode == 0, proc.stderr[-2000:]
