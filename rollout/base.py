@@ -11,8 +11,10 @@ class SyncError(RuntimeError):
     """A weight sync that did not happen: the engine still holds the weights it had before the attempt."""
 
 
-def stage_weights(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Collect every tensor before the engine is touched, then check them all finite.
+def stage_weights(named_tensors: Iterable[tuple[str, torch.Tensor]],
+                  expected_shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Collect every tensor before the engine is touched, then check them: finite, and exactly the engine model's
+    names and shapes. Any failure is a SyncError raised while the engine still holds its weights.
 
     The iterator is consumed to the end even when a tensor is bad: under ZeRO-3 it is a collective gather that every
     rank must finish, so stopping early on one rank would hang the others."""
@@ -20,6 +22,11 @@ def stage_weights(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str
     bad = [name for name, t in staged.items() if not torch.isfinite(t).all()]
     if bad:
         raise SyncError(f"non-finite values in {len(bad)} tensor(s), e.g. {bad[:3]}")
+    wrong = {n: tuple(t.shape) for n, t in staged.items() if expected_shapes.get(n) != tuple(t.shape)}
+    missing = sorted(set(expected_shapes) - set(staged))
+    if wrong or missing:
+        raise SyncError(f"weights do not match the engine's model: wrong name or shape {dict(list(wrong.items())[:3])}, "
+                        f"missing {missing[:3]}")
     return staged
 
 

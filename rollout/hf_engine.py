@@ -61,8 +61,9 @@ class HFEngine:
         return gens
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        staged = stage_weights(named_tensors)  # all-or-nothing: a bad tensor leaves the current weights in place
         params = dict(self.model.named_parameters())
+        # all-or-nothing: a bad tensor leaves the current weights in place
+        staged = stage_weights(named_tensors, {name: tuple(p.shape) for name, p in params.items()})
         with torch.no_grad():
             for name, tensor in staged.items():
                 params[name].copy_(tensor)

@@ -26,12 +26,17 @@ def checkpoint_root(output_dir) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+def is_complete(path) -> bool:
+    """A checkpoint is complete when trainer.pt is in it: it is written last, just before the atomic rename."""
+    return (Path(path) / "trainer.pt").is_file()
+
+
 def complete_checkpoints(output_dir) -> list[Path]:
     """Finished checkpoints, oldest first (a temporary directory is never one of them)."""
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "trainer.pt").is_file()]
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and is_complete(p)]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
@@ -43,7 +48,7 @@ def resolve_resume(resume, output_dir) -> Path | None:
         found = complete_checkpoints(output_dir)
         return found[-1] if found else None
     path = Path(resume)
-    if not (path / "trainer.pt").is_file():
+    if not is_complete(path):
         raise CheckpointError(f"trainer.resume={resume}: not a complete checkpoint (no {path / 'trainer.pt'})")
     return path
 

@@ -13,7 +13,6 @@ class ConfigError(ValueError):
 
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")  # cache.store.SYNCHRONOUS_MODES (case-insensitive)
 
 
 def _get(cfg, key):
@@ -82,7 +81,9 @@ def _resume(cfg) -> None:
         return
     if not isinstance(v, str):
         raise ConfigError(f"trainer.resume={v!r} must be null, auto or the path of a checkpoint directory")
-    if not (Path(v) / "trainer.pt").is_file():
+    from rpo_core.checkpoint import is_complete
+
+    if not is_complete(v):
         raise ConfigError(f"trainer.resume={v!r} is not a complete checkpoint (no {Path(v) / 'trainer.pt'}); "
                           f"use null, auto or the path of a checkpoint directory")
 
@@ -178,9 +179,11 @@ def validate_config(cfg: DictConfig) -> None:
         _choice(cfg, "rpo.init", ("upfront", "lazy"))
         _float(cfg, "rpo.init_temperature", 0.0, strict_low=True)
         _int(cfg, "cache.init_batch_size", 1)
+        from cache.store import SYNCHRONOUS_MODES
+
         sync = _get(cfg, "cache.synchronous")
-        if str(sync).upper() not in SQLITE_SYNCHRONOUS:
-            raise ConfigError(f"cache.synchronous={sync!r} is not one of: {', '.join(SQLITE_SYNCHRONOUS)}")
+        if str(sync).upper() not in SYNCHRONOUS_MODES:  # TrajectoryCache upper-cases it too
+            raise ConfigError(f"cache.synchronous={sync!r} is not one of: {', '.join(SYNCHRONOUS_MODES)}")
     _reward(cfg)
     if G == 1 and cfg.algorithm.normalize_std:
         raise ConfigError("rollout.group_size=1 gives every group advantage 0: use group_size >= 2")
