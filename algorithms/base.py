@@ -1,7 +1,7 @@
 """The algorithm interface the loop calls, with GRPO's behaviour as the default of every hook.
 
 An algorithm decides three things: which samples make a batch (`collect`), how a batch is cut into optimizer steps
-(`split`), and the loss of one step (`advantages` + `loss`). The math itself lives in `algorithms.core`."""
+(`split`), and the loss of one step (`prepare` + `loss`). The math itself lives in `algorithms.core`."""
 from __future__ import annotations
 
 from typing import Callable
@@ -9,25 +9,58 @@ from typing import Callable
 import torch
 
 from algorithms import core
-from rpo_core.batching import TrainBatch
-from rpo_core.registry import Registry
-from rpo_core.types import RolloutBatch
+from rpo_core.common import checks
+from rpo_core.common.batching import TrainBatch
+from rpo_core.common.registry import Registry
+from rpo_core.common.types import RolloutBatch
 
 ALGORITHMS: Registry[type["Algorithm"]] = Registry("algorithm")
 
 GenerateFn = Callable[[int], RolloutBatch]  # n prompts -> rewarded groups
+OLD_LOGP_SOURCES = ("learner", "behavior")  # pi_old with several mini-batches per rollout
 
 
 class Algorithm:
     """GRPO (Shao et al. 2024): group-normalised advantages, clipped ratio objective, optional KL to a reference."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg, max_new_tokens: int, prefix_ratio: str = "one"):
+        self.cfg, self.prefix_ratio = cfg, prefix_ratio  # prefix_ratio: RPO's pi_old on cached-prefix tokens
+        # Dr.GRPO's constant length: algorithm.norm_len, or the generation budget when unset.
+        self.norm_len = cfg.norm_len if cfg.norm_len is not None else max_new_tokens
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """Raise checks.ConfigError on the first invalid `algorithm.*` option (never changes the config)."""
+        a = "algorithm"
+        checks.integer(cfg, f"{a}.train_batch_size", 1)
+        checks.number(cfg, f"{a}.clip_low", 0.0, 1.0)
+        checks.number(cfg, f"{a}.clip_high", 0.0)
+        dual = checks.number(cfg, f"{a}.dual_clip", allow_none=True)
+        if dual is not None and dual <= 1.0:
+            raise checks.ConfigError(f"{a}.dual_clip={dual} must be > 1 (or null to disable)")
+        checks.choice(cfg, f"{a}.loss_agg", core.AGG_MODES)
+        checks.integer(cfg, f"{a}.norm_len", 1, allow_none=True)
+        checks.number(cfg, f"{a}.kl_coef", 0.0)
+        checks.choice(cfg, f"{a}.kl_kind", core.KL_KINDS)
+        checks.choice(cfg, f"{a}.rollout_is", ("none", *core.IS_LEVELS))
+        checks.number(cfg, f"{a}.rollout_is_threshold", 1.0)
+        checks.boolean(cfg, f"{a}.normalize_std")
+        checks.boolean(cfg, f"{a}.overlong_filter")
+        checks.boolean(cfg, f"{a}.overlong_punishment")
+        checks.integer(cfg, f"{a}.mini_batches_per_rollout", 1)
+        checks.choice(cfg, f"{a}.old_logp", OLD_LOGP_SOURCES)
 
     # ---------------------------------------------------------------- which samples
     @property
     def prompts_per_rollout(self) -> int:
-        return self.cfg.train_batch_size
+        """mu mini-batches of train_batch_size prompts per rollout; pi_old is the policy that generated them."""
+        return self.cfg.train_batch_size * self.cfg.mini_batches_per_rollout
+
+    @property
+    def needs_rollout_logp(self) -> bool:
+        """Whether the loss needs the learner's logprobs under the rollout policy when a rollout feeds several steps
+        (the PPO ratio's pi_old). RAPID weighs by the behaviour policy instead."""
+        return self.cfg.old_logp == "learner"
 
     def collect(self, generate: GenerateFn) -> tuple[RolloutBatch, dict]:
         return generate(self.prompts_per_rollout), {}
@@ -45,6 +78,11 @@ class Algorithm:
     def needs_reference(self) -> bool:
         return self.cfg.kl_coef > 0
 
+    @property
+    def token_level(self) -> bool:
+        """True when the loss is a mean over all tokens of the batch (micro-batches then weigh by token share)."""
+        return self.cfg.loss_agg == "token-mean"
+
     def prepare(self, tb: TrainBatch) -> TrainBatch:
         """Per-batch quantities fixed before the update: the advantages and, optionally, loss masks."""
         tb.advantages = core.group_advantages(tb.rewards, tb.group_size, normalize_std=self.cfg.normalize_std)
@@ -52,14 +90,11 @@ class Algorithm:
             tb.loss_mask = tb.loss_mask * tb.finished[:, None]
         return tb
 
-    def ratio_reference(self, logp: torch.Tensor, tb: TrainBatch) -> torch.Tensor:
-        """pi_old of the ratio: the stored behaviour logprobs on cached-prefix tokens (an older policy made them),
-        the learner's own detached logprobs on fresh tokens (one on-policy update per rollout: ratio 1, gradient A)."""
-        return torch.where(tb.prefix_mask.bool(), tb.behavior_logp, logp.detach())
-
     def loss(self, logp: torch.Tensor, tb: TrainBatch) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
-        old_logp = self.ratio_reference(logp, tb)
+        # pi_old: the rollout policy (its learner logprobs when this rollout feeds several steps, else logp itself)
+        rollout_logp = tb.behavior_logp if cfg.old_logp == "behavior" else tb.rollout_logp
+        old_logp = core.ratio_reference(logp, rollout_logp, tb.behavior_logp, tb.prefix_mask, self.prefix_ratio)
         is_weights, stats = None, {}
         if cfg.rollout_is != "none":  # vLLM and the learner never agree exactly: truncated IS on fresh tokens
             fresh_mask = tb.loss_mask * (1 - tb.prefix_mask)
@@ -77,9 +112,9 @@ class Algorithm:
             kl = core.kl_estimate(logp, tb.ref_logp, cfg.kl_kind)
             per_token = per_token + cfg.kl_coef * kl
             stats["kl"] = core.masked_mean(kl.detach(), tb.loss_mask)
-        loss = core.aggregate_loss(per_token, tb.loss_mask, cfg.loss_agg, norm_len=cfg.norm_len)
+        loss = core.aggregate_loss(per_token, tb.loss_mask, cfg.loss_agg, norm_len=self.norm_len)
         stats["pg_loss"] = loss.detach()
-        stats["_token_level"] = cfg.loss_agg == "token-mean"
+        stats["suffix_loss_share"] = core.suffix_loss_share(tb.loss_mask, tb.prefix_mask, cfg.loss_agg, self.norm_len)
         return loss, stats
 
 

@@ -1,7 +1,8 @@
 """The algorithm math as small pure functions on tensors.
 
-Group advantages, KL estimators, loss aggregation, the clipped surrogate, importance weights (truncated IS
-for the engine-vs-learner mismatch, RAPID's off-policy weights and baseline) and the RPO sampling helpers.
+Group advantages, KL estimators, loss aggregation (and the weight it gives each token), the clipped surrogate
+and its pi_old, importance weights (truncated IS for the engine-vs-learner mismatch, RAPID's off-policy weights
+and baseline) and the RPO sampling helpers.
 Tensors in, tensors out: no models, no configs, no framework objects.
 
 Conventions: N sequences stored group-contiguously (B groups of G: rows g*G .. g*G+G-1 share a prompt),
@@ -13,7 +14,7 @@ tensors.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -21,6 +22,8 @@ from torch import Tensor
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_KINDS = ("k1", "k2", "k3")
 IS_LEVELS = ("token", "sequence")
+PREFIX_RATIOS = ("one", "behavior")
+TRUNCATE_PER = ("question", "batch")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -123,6 +126,16 @@ def group_advantages(rewards: Tensor, group_size: int, normalize_std: bool = Tru
     return centred.reshape(-1)
 
 
+def count_constant_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """#{g : r_gj = r_g0 for all j}: groups whose rewards are all (exactly) equal, int64 0-dim, detached.
+
+    Such a group is dead: every advantage in it is 0 (group_advantages, and rapid_advantages whatever the
+    weights), so it adds no gradient, only tokens to the denominators. A group of one is always constant.
+    """
+    grouped = _grouped(rewards.detach(), group_size)
+    return (grouped == grouped[:, :1]).all(dim=1).sum()
+
+
 def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:
     """Per-token KL(pi_theta || pi_ref) estimate from sampled-token log-probs, d = logp - ref_logp:
     k1 = d, k2 = d^2 / 2, k3 = exp(-d) + d - 1.
@@ -142,6 +155,13 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:
     raise ValueError(f"unknown KL estimator {kind!r}; choose one of {KL_KINDS}")
 
 
+def _check_agg(mode: str, norm_len: Optional[float]) -> None:
+    if mode not in AGG_MODES:
+        raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {AGG_MODES}")
+    if mode == "seq-mean-token-sum-norm" and (norm_len is None or not norm_len > 0):
+        raise ValueError(f"seq-mean-token-sum-norm needs a positive norm_len, got {norm_len!r}")
+
+
 def aggregate_loss(per_token: Tensor, mask: Tensor, mode: str, norm_len: Optional[float] = None) -> Tensor:
     """Reduce a per-token loss l [N, T] over the mask m:
     token-mean: sum_it l m / sum_it m                     (DAPO's token-level loss)
@@ -151,11 +171,12 @@ def aggregate_loss(per_token: Tensor, mask: Tensor, mode: str, norm_len: Optiona
 
     N counts every row, so a sequence with no valid token contributes 0 to the sequence mean (it is not
     dropped from the denominator: the normalizer stays a constant of the batch shape). An all-masked batch
-    gives 0 with a zero gradient, never NaN.
+    gives 0 with a zero gradient, never NaN. Equals (loss_token_weights(m, mode) * l).sum() for finite l.
     """
     if per_token.dim() != 2:
         raise ValueError(f"per_token must be [N, T], got shape {tuple(per_token.shape)}")
     m = _bool_mask(mask, per_token.shape)
+    _check_agg(mode, norm_len)
     masked = torch.where(m, per_token, torch.zeros_like(per_token))
     if mode == "token-mean":
         return masked.sum() / m.sum().clamp(min=1)
@@ -165,16 +186,90 @@ def aggregate_loss(per_token: Tensor, mask: Tensor, mode: str, norm_len: Optiona
         return (seq_sum / m.sum(dim=1).clamp(min=1)).sum() / n_seq
     if mode == "seq-mean-token-sum":
         return seq_sum.sum() / n_seq
-    if mode == "seq-mean-token-sum-norm":
-        if norm_len is None or not norm_len > 0:
-            raise ValueError(f"seq-mean-token-sum-norm needs a positive norm_len, got {norm_len!r}")
-        return seq_sum.sum() / (n_seq * norm_len)
-    raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {AGG_MODES}")
+    return seq_sum.sum() / (n_seq * norm_len)
+
+
+def loss_token_weights(
+    mask: Tensor, agg: str, norm_len: Optional[float] = None, dtype: Optional[torch.dtype] = None
+) -> Tensor:
+    """w_it with aggregate_loss(l, m, agg) = sum_it w_it l_it: m / sum m (token-mean), m / (N sum_t m_i)
+    (seq-mean-token-mean), m / N (seq-mean-token-sum), m / (N norm_len) (seq-mean-token-sum-norm).
+
+    [N, T], 0 outside the mask; dtype defaults to the mask's if floating, else torch's default. Shows where a
+    loss puts its weight, e.g. how much of it lands on an RPO prefix (suffix_loss_share).
+    """
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be [N, T], got shape {tuple(mask.shape)}")
+    m = _bool_mask(mask, mask.shape)
+    _check_agg(agg, norm_len)
+    if dtype is None:
+        dtype = mask.dtype if mask.is_floating_point() else torch.get_default_dtype()
+    w = m.to(dtype)
+    n_seq = max(mask.shape[0], 1)
+    if agg == "token-mean":
+        return w / m.sum().clamp(min=1)
+    if agg == "seq-mean-token-mean":
+        return w / (m.sum(dim=1, keepdim=True).clamp(min=1) * n_seq)
+    if agg == "seq-mean-token-sum":
+        return w / n_seq
+    return w / (n_seq * norm_len)
+
+
+def suffix_loss_share(
+    mask: Tensor, prefix_mask: Optional[Tensor], agg: str, norm_len: Optional[float] = None
+) -> Tensor:
+    """sum_{it not prefix} w_it / sum_it w_it, w = loss_token_weights(mask, agg): the share of the loss weight on
+    freshly generated tokens; detached 0-dim float64.
+
+    1 without a prefix (prefix_mask None or empty), 0 for an empty mask. With an RPO prefix in the loss, the
+    rest (1 - share) is the weight spent on cached tokens; it depends on agg (seq-mean-token-mean gives a short
+    suffix after a long prefix a small share, token-mean counts tokens).
+    """
+    with torch.no_grad():
+        w = loss_token_weights(mask, agg, norm_len, dtype=torch.float64)
+        total = w.sum()
+        if prefix_mask is None:
+            fresh = total
+        else:
+            fresh = torch.where(_bool_mask(prefix_mask, w.shape), torch.zeros_like(w), w).sum()
+        return fresh / total if bool(total > 0) else total.new_zeros(())
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Clipped surrogate (GRPO / Dr.GRPO / DAPO)
 # ---------------------------------------------------------------------------------------------------------
+
+
+def ratio_reference(
+    logp: Tensor,
+    rollout_logp: Optional[Tensor],
+    behavior_logp: Optional[Tensor],
+    prefix_mask: Optional[Tensor],
+    prefix_ratio: str = "one",
+) -> Tensor:
+    """pi_old of rho = exp(logp - old_logp): old_logp_t = behavior_logp_t on RPO prefix tokens if
+    prefix_ratio = "behavior", else rollout_logp_t. Detached [N, T], to pass as policy_loss's old_logp.
+
+    rollout_logp: the learner's log-probs of the batch under the policy that generated it (None = logp, i.e.
+    one update per rollout: rho = 1 on fresh tokens). The cached prefix came from an older policy:
+    "one" treats it like fresh tokens, as the authors' code does (yhz5613813/RPO: pi_old is the current
+    policy's own logprobs of the whole completion); "behavior" uses the cached behaviour log-probs, an IS
+    ratio to the policy that made the cache entry, so clipping can engage on a drifted prefix.
+    """
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be [N, T], got shape {tuple(logp.shape)}")
+    if prefix_ratio not in PREFIX_RATIOS:
+        raise ValueError(f"unknown prefix_ratio {prefix_ratio!r}; choose one of {PREFIX_RATIOS}")
+    fresh = logp if rollout_logp is None else rollout_logp
+    if fresh.shape != logp.shape:
+        raise ValueError(f"rollout_logp {tuple(fresh.shape)} and logp {tuple(logp.shape)} differ in shape")
+    fresh = fresh.detach()
+    if prefix_ratio == "one" or prefix_mask is None:
+        return fresh
+    if behavior_logp is None or behavior_logp.shape != logp.shape:
+        raise ValueError('prefix_ratio="behavior" needs behavior_logp of the same [N, T] shape as logp')
+    prefix = _bool_mask(prefix_mask, logp.shape)
+    return torch.where(prefix, behavior_logp.detach(), fresh)
 
 
 def _clipped_surrogate(
@@ -399,6 +494,7 @@ def rapid_loss(
     agg: str = "seq-mean-token-sum",
     norm_len: Optional[float] = None,
     eps: float = 1e-6,
+    weight_mask: Optional[Tensor] = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """grad L = -agg_t[ min(w, eta) * A_i * grad logp_t ]: importance-weighted group-relative policy gradient,
     w = pi_theta / pi_beh (detached, clipped from above at eta = is_clip), A_i = (r_i - b_g) / (std_g r + eps),
@@ -409,22 +505,28 @@ def rapid_loss(
     value and gradient equal policy_loss on group_advantages with the same agg: GRPO's update without
     clipping. The default agg "seq-mean-token-sum" is the literal sequence-level estimator
     1/N sum_i w_i A_i grad log pi(y_i|x).
-    Returns (loss, stats): weight mean/max/min before (raw_*) and after clipping, frac_clipped (over valid
-    sequences, or valid tokens at token level), baseline_degenerate_groups.
+    weight_mask [N, T]: the tokens whose log-ratios form w and the baseline (None = mask). Pass the tokens
+    this rollout generated: an RPO prefix was sampled by an older policy, and its drift (shared by the whole
+    group) would scale every w of the group, so the gradient, and through the clip the baseline, would move
+    with the prefix's age rather than with this rollout's staleness. Token level: loss tokens outside
+    weight_mask get weight 1.
+    Returns (loss, stats): weight mean/max/min before (raw_*) and after clipping, frac_clipped (over sequences
+    with a weighted token, or weighted tokens at token level), baseline_degenerate_groups.
     """
-    clipped, raw = rapid_importance_weights(logp, behavior_logp, mask, is_level, is_clip)
+    wmask = mask if weight_mask is None else weight_mask
+    clipped, raw = rapid_importance_weights(logp, behavior_logp, wmask, is_level, is_clip)
     # The baseline estimates E_{pi_theta}[r | x]: that needs the response-level ratio whatever the gradient uses.
     if is_level == "sequence":
         seq_clipped = clipped
     else:
-        seq_clipped, _ = rapid_importance_weights(logp, behavior_logp, mask, "sequence", is_clip)
+        seq_clipped, _ = rapid_importance_weights(logp, behavior_logp, wmask, "sequence", is_clip)
     advantages = rapid_advantages(rewards, seq_clipped, group_size, normalize_std, eps)
     # Ratio to the detached current policy is exactly 1, so no clip ever engages: a plain weighted PG term.
     per_token, *_ = _clipped_surrogate(logp, logp.detach(), advantages, mask, None, None, None, clipped)
     loss = aggregate_loss(per_token, mask, agg, norm_len)
 
-    m = _bool_mask(mask, logp.shape)
-    valid = m if is_level == "token" else m.any(dim=1)
+    wm = _bool_mask(wmask, logp.shape)
+    valid = wm if is_level == "token" else wm.any(dim=1)
     with torch.no_grad():
         stats = {
             "raw_weight_mean": masked_mean(raw, valid),
@@ -445,14 +547,21 @@ def rapid_loss(
 
 
 def sample_truncation(
-    response_lens: Tensor, max_truncate: Union[int, Tensor], generator: Optional[torch.Generator]
+    response_lens: Tensor,
+    max_truncate: Union[int, Tensor],
+    generator: Optional[torch.Generator],
+    min_truncate: int = 0,
+    per: str = "question",
 ) -> Tensor:
-    """m_b ~ U{0, 1, ..., min(L_b, len_b)} independently per question (integers, both ends included).
+    """m_b ~ U{lo_b..hi_b}, hi_b = min(L_b, len_b), lo_b = min(min_truncate, hi_b) (integers, both ends included);
+    per="batch": one m ~ U{min(min_truncate, L)..L} for the batch, m_b = clamp(m, lo_b, hi_b).
 
     m is the number of tokens cut from the end of the cached response: the kept prefix is len_b - m_b tokens
     and the engine regenerates the rest. m = 0 keeps the whole cached response (a caller slicing with
-    ids[:-m] must special-case it); m = len_b regenerates from scratch. L may be one int or a tensor [B];
-    L = 0 always gives 0. Returns int64 [B]. Pass a seeded generator for reproducible draws.
+    ids[:-m] must special-case it); m = len_b regenerates from scratch, and so does a response shorter than
+    min_truncate. The authors draw one m per batch (yhz5613813/RPO: randint(1, 300), i.e. min_truncate=1,
+    L=300, per="batch"); per="question" draws independently. L may be one int or a tensor [B] (all equal
+    for per="batch"); L = 0 always gives 0. Returns int64 [B]. Pass a seeded generator for reproducible draws.
     """
     lens = torch.as_tensor(response_lens)
     if lens.dim() != 1 or lens.is_floating_point() or lens.dtype == torch.bool:
@@ -462,20 +571,24 @@ def sample_truncation(
         raise ValueError(f"max_truncate must be an int or an integer tensor, got {limit.dtype}")
     if bool((lens < 0).any()) or bool((limit < 0).any()):
         raise ValueError("response_lens and max_truncate must be >= 0")
+    if isinstance(min_truncate, bool) or not isinstance(min_truncate, int) or min_truncate < 0:
+        raise ValueError(f"min_truncate must be an int >= 0, got {min_truncate!r}")
+    if per not in TRUNCATE_PER:
+        raise ValueError(f"unknown truncation sampling per={per!r}; choose one of {TRUNCATE_PER}")
     upper = torch.minimum(lens.long(), limit.long().expand_as(lens))
+    lower = upper.clamp(max=min_truncate)
+    if per == "batch":
+        if limit.numel() > 1 and bool((limit != limit.flatten()[0]).any()):
+            raise ValueError('per="batch" draws one m for the batch: max_truncate must be one value')
+        L = int(limit.flatten()[0]) if limit.numel() else 0
+        u = torch.rand((), generator=generator, dtype=torch.float64, device=lens.device)
+        lo = min(min_truncate, L)
+        m = lo + min(int(torch.floor(u * (L - lo + 1))), L - lo)
+        return torch.clamp(torch.full_like(upper, m), lower, upper)
     u = torch.rand(lens.shape, generator=generator, dtype=torch.float64, device=lens.device)
     # floor(u * (k + 1)) is uniform on 0..k; the clamp guards the one-ulp rounding of u * (k + 1) up to k + 1.
-    return torch.minimum(torch.floor(u * (upper + 1).double()).long(), upper)
-
-
-def half_min_length(lens_per_group: Union[Tensor, Sequence[int]]) -> int:
-    """L = floor(min_j len_j / 2): the truncate_mode=half_min_length bound for one group's cached lengths."""
-    lens = torch.as_tensor(lens_per_group)
-    if lens.numel() == 0:
-        raise ValueError("half_min_length needs at least one length")
-    if lens.is_floating_point() or bool((lens < 0).any()):
-        raise ValueError("lengths must be non-negative integers")
-    return int(lens.min().item()) // 2
+    span = upper - lower
+    return lower + torch.minimum(torch.floor(u * (span + 1).double()).long(), span)
 
 
 def epsilon_greedy_pick(

@@ -4,15 +4,22 @@ from __future__ import annotations
 import math
 
 from algorithms.base import ALGORITHMS, Algorithm, GenerateFn
-from rpo_core.types import RolloutBatch
+from rpo_core.common import checks
+from rpo_core.common.types import RolloutBatch
 
 
 @ALGORITHMS.register("dapo")
 class DAPO(Algorithm):
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        checks.number(cfg, "algorithm.oversample", 1.0)
+        checks.integer(cfg, "algorithm.max_gen_batches", 1)
+
     def collect(self, generate: GenerateFn) -> tuple[RolloutBatch, dict]:
         """Dynamic sampling: over-sample, keep only groups whose rewards differ, until the batch is full
         or `max_gen_batches` generation rounds have run (then train on what there is)."""
-        want = self.cfg.train_batch_size
+        want = self.prompts_per_rollout
         per_round = math.ceil(want * self.cfg.oversample)
         kept: list[RolloutBatch] = []
         have = rounds = dropped = 0

@@ -7,14 +7,32 @@ import torch
 
 from algorithms import core
 from algorithms.base import ALGORITHMS, Algorithm
-from rpo_core.batching import TrainBatch
+from rpo_core.common import checks
+from rpo_core.common.batching import TrainBatch
 
 
 @ALGORITHMS.register("rapid")
 class RAPID(Algorithm):
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        a = "algorithm"
+        B, inf = cfg.algorithm.train_batch_size, checks.integer(cfg, f"{a}.inference_batch_size", 1)
+        if inf % B:
+            raise checks.ConfigError(f"{a}.inference_batch_size={inf} must be a multiple of {a}.train_batch_size={B}")
+        checks.number(cfg, f"{a}.is_clip", 1.0)
+        checks.choice(cfg, f"{a}.is_level", core.IS_LEVELS)
+        if cfg.algorithm.mini_batches_per_rollout != 1:
+            raise checks.ConfigError(f"{a}.mini_batches_per_rollout={cfg.algorithm.mini_batches_per_rollout}: RAPID "
+                                     f"sets its steps per rollout as {a}.inference_batch_size / {a}.train_batch_size")
+
     @property
     def prompts_per_rollout(self) -> int:
         return self.cfg.inference_batch_size
+
+    @property
+    def needs_rollout_logp(self) -> bool:
+        return False  # the importance weights are to the behaviour policy's logprobs
 
     def prepare(self, tb: TrainBatch) -> TrainBatch:
         # The baseline depends on the current policy's weights, so advantages are formed inside the loss.
@@ -27,13 +45,14 @@ class RAPID(Algorithm):
         loss, stats = core.rapid_loss(
             logp, tb.behavior_logp, tb.rewards, tb.loss_mask, tb.group_size,
             is_clip=cfg.is_clip, is_level=cfg.is_level, normalize_std=cfg.normalize_std,
-            agg=cfg.loss_agg, norm_len=cfg.norm_len,
+            agg=cfg.loss_agg, norm_len=self.norm_len,
+            weight_mask=tb.loss_mask * (1 - tb.prefix_mask),  # RAPID corrects its own reuse of fresh tokens, not RPO's prefix
         )
         if self.needs_reference:
             kl = core.kl_estimate(logp, tb.ref_logp, cfg.kl_kind)
-            loss = loss + cfg.kl_coef * core.aggregate_loss(kl, tb.loss_mask, cfg.loss_agg, norm_len=cfg.norm_len)
+            loss = loss + cfg.kl_coef * core.aggregate_loss(kl, tb.loss_mask, cfg.loss_agg, norm_len=self.norm_len)
             stats["kl"] = core.masked_mean(kl.detach(), tb.loss_mask)
+        stats["suffix_loss_share"] = core.suffix_loss_share(tb.loss_mask, tb.prefix_mask, cfg.loss_agg, self.norm_len)
         stats["staleness_mean"] = tb.staleness.float().mean()
         stats["staleness_max"] = tb.staleness.float().max()
-        stats["_token_level"] = cfg.loss_agg == "token-mean"
         return loss, stats

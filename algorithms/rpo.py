@@ -1,65 +1,99 @@
-"""RPO (arXiv 2601.19404): partial rollouts from one cached response per question, around any algorithm.
+"""Rollout planners: what each question's G samples start from.
 
-Per question q with cached response a (token ids + behaviour logprobs):
-  m ~ U{0..min(L, |a|)},  prefix = a[:|a| - m],  G suffixes ~ pi(. | q, prefix)
+FullRollout (RPO off): every sample is generated from the prompt.
+PartialRollout, RPO (arXiv 2601.19404): one cached response a per question (token ids + behaviour logprobs);
+  m ~ U{min_truncate..min(L, |a|)},  prefix = a[:|a| - m],  G suffixes ~ pi(. | q, prefix)
 and after the optimizer step the cache entry becomes, epsilon-greedily, the group's best response or a random one.
 Token ids go from the cache into the engine unchanged: nothing is decoded and re-tokenized."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
 from algorithms import core
-from cache import CacheEntry, TrajectoryCache
-from rpo_core.types import Problem, RolloutBatch
+from cache import CacheEntry, TrajectoryCache, initialize_cache
+from rpo_core.common.types import Problem, RolloutBatch, RolloutPlan, Sample
+
+TRUNCATE_MODES = ("fixed", "half_length")
+SUFFIX_BUDGETS = ("truncated", "fixed")
+INIT_MODES = ("upfront", "lazy")
 
 
-@dataclass
-class PartialPlan:
-    """What to generate for one question: the kept prefix of its cached response and the suffix budget."""
+class FullRollout:
+    """RPO off: G samples from the prompt, up to the generation limit; nothing to remember between steps."""
 
-    prefix_ids: list[int]
-    prefix_logprobs: list[float]
-    prefix_policy_step: int
-    truncated: int  # m, tokens dropped from the cached response
-    budget: int  # max new tokens for the suffix; 0 = nothing to generate (m = 0 on a finished response)
-    cached_finished: bool  # whether the cached response itself ended with EOS
-    hit: bool  # False: no cache entry, a full rollout from the prompt
+    def __init__(self, max_new_tokens: int):
+        self.max_new_tokens = max_new_tokens
+
+    def initialize(self, problems, generate, batch_size: int, progress: bool, reward=None) -> dict:
+        return {}
+
+    def plan(self, problems: list[Problem], generator: torch.Generator) -> list[RolloutPlan]:
+        return [RolloutPlan(budget=self.max_new_tokens) for _ in problems]
+
+    def update(self, batch: RolloutBatch, step: int, generator: torch.Generator) -> int:
+        return 0
+
+    def metrics(self) -> dict:
+        return {}
+
+    def state(self) -> Optional[dict]:
+        return None
+
+    def restore(self, step: int, state: Optional[dict]) -> None:
+        if state is not None:
+            raise ValueError("the checkpoint was written with RPO (a cache state), this run has rpo.enabled=false")
+
+    def compact(self, oldest_kept_step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class PartialRollout:
+    """RPO: partial rollouts from the trajectory cache."""
+
     def __init__(self, cfg, cache: TrajectoryCache, max_new_tokens: int):
         self.cfg, self.cache, self.max_new_tokens = cfg, cache, max_new_tokens
 
-    def plan(self, problems: list[Problem], generator: torch.Generator) -> list[PartialPlan]:
+    def initialize(self, problems: list[Problem], generate: Callable[[list[Problem]], list[Sample]],
+                   batch_size: int, progress: bool, reward: Optional[Callable[[Problem, Sample], float]] = None) -> dict:
+        """rpo.init=upfront: one response per question from the initial policy, before step 1 (timed apart);
+        `reward` scores each (its correctness is what `cache_correct_share` reads)."""
+        if self.cfg.init != "upfront":
+            return {}
+        return initialize_cache(self.cache, problems, generate, batch_size=batch_size, progress=progress,
+                                reward_fn=reward)
+
+    def plan(self, problems: list[Problem], generator: torch.Generator) -> list[RolloutPlan]:
         entries = self.cache.get_many([p.uid for p in problems])
         lengths = torch.tensor([len(entries[p.uid].response_ids) if p.uid in entries else 0 for p in problems])
         if self.cfg.truncate_mode == "fixed":
             L = torch.full_like(lengths, self.cfg.max_truncate)
-        else:  # half_min_length: the only response of the group we keep is the cached one, so min = its length
+        else:  # half_length: L = half the cached response's length (the cache keeps one response per question)
             L = lengths // 2
-        m = core.sample_truncation(lengths, L, generator)
+        m = core.sample_truncation(lengths, L, generator, min_truncate=self.cfg.min_truncate,
+                                   per=self.cfg.truncate_per if self.cfg.truncate_mode == "fixed" else "question")
         plans = []
         for p, m_q in zip(problems, m.tolist()):
             entry = entries.get(p.uid)
-            if entry is None:
-                plans.append(PartialPlan([], [], 0, 0, self.max_new_tokens, False, hit=False))
+            if entry is None:  # rpo.init=lazy and not generated yet: a full rollout from the prompt
+                plans.append(RolloutPlan(budget=self.max_new_tokens))
                 continue
             keep = len(entry.response_ids) - m_q
             room = self.max_new_tokens - keep  # the whole response stays within the generation limit
             wanted = m_q + self.cfg.suffix_slack if self.cfg.suffix_budget == "truncated" else self.max_new_tokens
-            budget = max(0, min(wanted, room))
-            if m_q == 0 and entry.finished:
-                budget = 0  # the cached response already ended: the G samples are that response itself
-            plans.append(PartialPlan(
-                prefix_ids=list(entry.response_ids[:keep]),
-                prefix_logprobs=list(entry.logprobs[:keep]),
+            ended = m_q == 0 and entry.finished  # the kept prefix is the whole finished response: nothing to add
+            plans.append(RolloutPlan(
+                prefix_ids=tuple(entry.response_ids[:keep]),
+                prefix_logprobs=tuple(entry.logprobs[:keep]),
                 prefix_policy_step=entry.policy_step,
+                budget=0 if ended else max(0, min(wanted, room)),
+                finished_without_generation=ended,
                 truncated=m_q,
-                budget=budget,
-                cached_finished=entry.finished and m_q == 0,
-                hit=True,
+                cache_hit=True,
             ))
         return plans
 
@@ -71,7 +105,26 @@ class PartialRollout:
         picks = core.epsilon_greedy_pick(rewards, batch.group_size, self.cfg.epsilon, generator)
         entries = []
         for g, i in enumerate(picks.tolist()):
-            sample = batch.samples[g * batch.group_size + i]
-            entries.append(CacheEntry.from_sample(sample, reward=batch.rewards[g * batch.group_size + i]))
+            k = g * batch.group_size + i
+            entries.append(CacheEntry.from_sample(batch.samples[k], reward=batch.rewards[k]))
         self.cache.put_many(entries, version_step=step)
         return len(entries)
+
+    def metrics(self) -> dict:
+        """Share of cache entries holding a response with reward > 0 (correct, with binary or signed correctness): a
+        cache locking in wrong answers shows here."""
+        return {"cache_correct_share": self.cache.positive_reward_share()}
+
+    def state(self) -> Optional[dict]:
+        return self.cache.state()
+
+    def restore(self, step: int, state: Optional[dict]) -> None:
+        if state is None:
+            raise ValueError("the checkpoint was written without RPO, this run has rpo.enabled=true")
+        self.cache.restore(step, state)  # checks the recorded state, then drops later versions
+
+    def compact(self, oldest_kept_step: int) -> None:
+        self.cache.compact(oldest_kept_step)
+
+    def close(self) -> None:
+        self.cache.close()

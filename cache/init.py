@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 from tqdm.auto import tqdm
 
 from cache.store import INIT_VERSION_STEP, CacheEntry, TrajectoryCache
-from rpo_core.types import Problem, Sample
+from rpo_core.common.types import Problem, Sample
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Un
 import numpy as np
 
 if TYPE_CHECKING:
-    from rpo_core.types import Sample
+    from rpo_core.common.types import Sample
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +344,13 @@ class TrajectoryCache:
 
     def __len__(self) -> int:
         return self._conn.execute("SELECT count(DISTINCT uid) FROM entries").fetchone()[0]
+
+    def positive_reward_share(self, at_step: Optional[int] = None) -> Optional[float]:
+        """Share of the current entries whose stored reward is > 0 (None when no entry has a reward)."""
+        with self._transaction():
+            share = self._conn.execute(f"SELECT avg(e.reward > 0) FROM entries e WHERE e.reward IS NOT NULL AND "
+                                       f"{_CURRENT_ROW_SQL}", (_bound(at_step),)).fetchone()[0]
+        return None if share is None else float(share)
 
     def iter_entries(self, at_step: Optional[int] = None, all_versions: bool = False) -> Iterator[CacheEntry]:
         """Current entries (or every stored row), ordered by uid then version_step, read from one snapshot."""

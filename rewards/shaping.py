@@ -1,12 +1,21 @@
 """Reward shaping on top of correctness: DAPO's soft overlong punishment, RPO's length-aware reward, a format
-bonus, and their composition from the `reward` config node. Lengths are response lengths in tokens.
+bonus, and their composition from the `reward` config node. The overlong punishment counts tokens; the
+length-aware reward counts words (the authors') or tokens (reward.length_aware.unit).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+LENGTH_UNITS = ("words", "tokens")
+
+
+def word_counts(texts: Sequence[str]) -> list[int]:
+    """len(text.split()): whitespace-separated words of each decoded completion, the length unit of RPO's
+    length-aware reward (github.com/yhz5613813/RPO, src/open_r1/rewards.py, which counts content.split(" "))."""
+    return [len(text.split()) for text in texts]
 
 
 def overlong_penalty(lengths: Tensor, max_len: int, cache_len: int) -> Tensor:
@@ -31,7 +40,8 @@ def length_aware_reward(
     rescaled; wrong ones keep their reward, and a group without a correct response is untouched. This is what
     the authors' code does (github.com/yhz5613813/RPO, src/open_r1/rewards.py, `accuracy_reward`: mask =
     reward == 1, mean of the masked lengths, clip to [0.5, 1]); applied to r = 0 the clip would pay a wrong
-    answer 0.5. A correct response at the mean length gets r/2 (= low), shorter ones up to `high`.
+    answer 0.5. A correct response at the mean length gets r/2 (= low), shorter ones up to `high`. alpha is per
+    length unit: the authors use 0.1 per word (at ~2 tokens per word, 0.01 per token is ~5x flatter).
     """
     if rewards.shape != lengths.shape or rewards.dim() != 1:
         raise ValueError(f"rewards and lengths must be 1-D of equal shape, got {tuple(rewards.shape)}, {tuple(lengths.shape)}")
@@ -47,17 +57,26 @@ def length_aware_reward(
 
 
 def compose_rewards(
-    correct: list[bool], has_answer: list[bool], lengths: list[int], group_size: int, cfg: Any
+    correct: list[bool],
+    has_answer: list[bool],
+    lengths: list[int],
+    group_size: int,
+    cfg: Any,
+    word_counts: Optional[list[int]] = None,
 ) -> tuple[list[float], dict[str, list[float]]]:
     """Total reward per sample and each term (summing to the total), from the `reward` config node.
 
     correctness: binary 1/0 or signed +1/-1. length_aware (RPO) rescales the correctness term of correct
-    responses; its term is the change it makes. format: format_weight if an answer was extracted. overlong:
-    weight * DAPO soft overlong punishment of the response length.
+    responses; its term is the change it makes. Its length is `word_counts` (see word_counts()) if
+    length_aware.unit is "words", the token `lengths` if "tokens" or if the node has no unit key (configs
+    written before the key existed). format: format_weight if an answer was extracted. overlong: weight * DAPO
+    soft overlong punishment of the response length in tokens.
     """
     n = len(correct)
     if not (len(has_answer) == len(lengths) == n):
         raise ValueError(f"correct, has_answer and lengths differ in length: {n}, {len(has_answer)}, {len(lengths)}")
+    if word_counts is not None and len(word_counts) != n:
+        raise ValueError(f"word_counts has {len(word_counts)} values for {n} responses")
     mode = cfg.get("correctness", "binary")
     if mode not in ("binary", "signed"):
         raise ValueError(f"reward.correctness must be 'binary' or 'signed', got {mode!r}")
@@ -69,7 +88,16 @@ def compose_rewards(
 
     la = cfg.get("length_aware") or {}
     if la.get("enabled", False):
-        shaped = length_aware_reward(r, L, group_size, la.get("alpha", 0.01), la.get("low", 0.5), la.get("high", 1.0))
+        unit = la.get("unit", "tokens")  # no key: an old config, which meant tokens
+        if unit not in LENGTH_UNITS:
+            raise ValueError(f"reward.length_aware.unit must be one of {LENGTH_UNITS}, got {unit!r}")
+        if unit == "words" and word_counts is None:
+            raise ValueError("reward.length_aware.unit=words needs word_counts (rewards.shaping.word_counts of the "
+                             "decoded responses); pass them or set reward.length_aware.unit=tokens")
+        la_len = torch.tensor(word_counts, dtype=torch.float64) if unit == "words" else L
+        shaped = length_aware_reward(
+            r, la_len, group_size, la.get("alpha", 0.01), la.get("low", 0.5), la.get("high", 1.0)
+        )
         parts["length_aware"] = shaped - r
         total = shaped.clone()
 

@@ -1,22 +1,12 @@
 """Rollout engines: `rollout=vllm` (default) or `rollout=hf`, both taking token ids and returning token ids."""
-from rollout.base import Generation, GenerationRequest, RolloutEngine  # noqa: F401
-from rpo_core.registry import Registry
+from rollout.base import Generation, GenerationRequest, RolloutEngine, SyncError  # noqa: F401
+from rollout.hf_engine import HFEngine
+from rollout.vllm_engine import VLLMEngine
+from rpo_core.common.registry import Registry
 
 ENGINES: Registry = Registry("rollout engine")
-
-
-@ENGINES.register("vllm")
-def _vllm(model_path, cfg, seed):
-    from rollout.vllm_engine import VLLMEngine
-
-    return VLLMEngine(model_path, cfg, seed)
-
-
-@ENGINES.register("hf")
-def _hf(model_path, cfg, seed):
-    from rollout.hf_engine import HFEngine
-
-    return HFEngine(model_path, cfg, seed)
+ENGINES.register("vllm")(VLLMEngine)
+ENGINES.register("hf")(HFEngine)
 
 
 def build_engine(cfg, model_path: str, seed: int) -> RolloutEngine:

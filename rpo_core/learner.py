@@ -1,4 +1,5 @@
-"""The DeepSpeed ZeRO learner: logprobs of rollout tokens, one optimizer step per call, full weights for sync."""
+"""The DeepSpeed ZeRO learner (logprobs of rollout tokens, one optimizer step per call, full weights for sync) and
+the frozen reference model of the KL penalty."""
 from __future__ import annotations
 
 from typing import Callable, Iterator
@@ -6,7 +7,9 @@ from typing import Callable, Iterator
 import torch
 from transformers import AutoModelForCausalLM
 
-from rpo_core.batching import TrainBatch
+from rpo_core.common.batching import TrainBatch
+from rpo_core.common.types import StepResult
+from rpo_core.common.util import DTYPES
 
 LossFn = Callable[[torch.Tensor, TrainBatch], tuple[torch.Tensor, dict]]
 
@@ -27,6 +30,39 @@ def response_logprobs(model, tb: TrainBatch, temperature: float) -> torch.Tensor
     return logp * tb.response_mask
 
 
+@torch.no_grad()
+def batched_logprobs(model, tb: TrainBatch, micro_batch_size: int, temperature: float) -> torch.Tensor:
+    """response_logprobs over the whole batch, micro-batch by micro-batch, without gradient."""
+    return _cat_padded([response_logprobs(model, tb.rows(i, i + micro_batch_size), temperature)
+                        for i in range(0, len(tb), micro_batch_size)])
+
+
+def combine_stats(parts: list[tuple[dict, float]]) -> dict[str, float]:
+    """Micro-batch stats -> mini-batch stats: `*_max` by max, `*_min` by min, the rest weighted by each share."""
+    out: dict[str, float] = {}
+    for stats, share in parts:
+        for k, v in stats.items():
+            v = float(v)
+            if k.endswith("_max"):
+                out[k] = max(out.get(k, -float("inf")), v)
+            elif k.endswith("_min"):
+                out[k] = min(out.get(k, float("inf")), v)
+            else:
+                out[k] = out.get(k, 0.0) + v * share
+    return out
+
+
+class ReferenceModel:
+    """Frozen copy of the initial policy for the KL penalty (loaded only when algorithm.kl_coef > 0)."""
+
+    def __init__(self, model_path: str, micro_batch_size: int, temperature: float):
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval().requires_grad_(False)
+        self.micro, self.temperature = micro_batch_size, temperature
+
+    def logprobs(self, tb: TrainBatch) -> torch.Tensor:
+        return batched_logprobs(self.model, tb, self.micro, self.temperature)
+
+
 class DeepSpeedLearner:
     """One DeepSpeed engine over a Hugging Face causal LM; ZeRO stage 0-3 from config."""
 
@@ -34,9 +70,8 @@ class DeepSpeedLearner:
         import deepspeed
 
         self.cfg, self.temperature, self.world_size = cfg, temperature, world_size
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
         # Built normally (not under zero.Init, which skips transformers' weight init) and partitioned by initialize().
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[cfg.dtype])
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         # A plain torch optimizer: DeepSpeed's fused/CPU Adam would JIT-compile for a minute or more.
@@ -61,23 +96,16 @@ class DeepSpeedLearner:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.engine.train()
 
-    # ---------------------------------------------------------------- forward
-    @torch.no_grad()
     def logprobs(self, tb: TrainBatch) -> torch.Tensor:
-        """Learner logprobs of the batch's response tokens, micro-batch by micro-batch, no gradient."""
-        chunks = [
-            response_logprobs(self.engine, tb.rows(i, i + self.cfg.micro_batch_size), self.temperature)
-            for i in range(0, len(tb), self.cfg.micro_batch_size)
-        ]
-        return _cat_padded(chunks)
+        """The current policy's logprobs of the batch, no gradient (pi_old before several steps on one rollout)."""
+        return batched_logprobs(self.engine, tb, self.cfg.micro_batch_size, self.temperature)
 
-    # ---------------------------------------------------------------- update
-    def train_step(self, tb: TrainBatch, loss_fn: LossFn) -> dict:
+    def train_step(self, tb: TrainBatch, loss_fn: LossFn, token_level: bool) -> StepResult:
         """One optimizer step on `tb`: gradients accumulated over micro-batches, each weighted by its share.
 
         loss_fn(logp, micro) must return the loss of `micro` normalised as if it were the whole batch; we weight it by
-        the micro-batch's share (token share for token-mean, row share otherwise), which makes the sum of the micro
-        losses equal the full-batch loss exactly."""
+        the micro-batch's share (token share when the loss is a token mean, row share otherwise), which makes the sum of
+        the micro losses equal the full-batch loss exactly."""
         mb = self.cfg.micro_batch_size
         # Normalisers over the whole mini-batch, across ranks when each rank holds a shard of it.
         totals = torch.tensor([tb.loss_mask.sum().item(), float(len(tb))])
@@ -86,21 +114,19 @@ class DeepSpeedLearner:
 
             dist.all_reduce(totals)
         tokens_total, rows_total = totals[0].clamp(min=1), totals[1].clamp(min=1)
-        stats_sum: dict[str, float] = {}
-        logps, finite = [], True
+        parts, logps, finite = [], [], True
         for i in range(0, len(tb), mb):
             micro = tb.rows(i, i + mb)
             logp = response_logprobs(self.engine, micro, self.temperature)
             loss, stats = loss_fn(logp, micro)
-            share = micro.loss_mask.sum() / tokens_total if stats.pop("_token_level") else len(micro) / rows_total
+            share = float(micro.loss_mask.sum() / tokens_total if token_level else len(micro) / rows_total)
             logps.append(logp.detach())
             if not torch.isfinite(loss):
                 finite = False  # a non-finite loss would poison the weights: no backward, and no step below
                 continue
             # DeepSpeed averages gradients over ranks; each rank holds 1/world of the batch.
             self.engine.backward(loss * share * self.world_size)
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + float(v) * float(share) * self.world_size
+            parts.append((stats, share * self.world_size))
         norm = None
         if finite and self.cfg.zero_stage < 2:  # full gradients sit in .grad until step(); ZeRO-2/3 report their own
             grads = [p.grad.float() for p in self.engine.module.parameters() if p.grad is not None]
@@ -110,13 +136,10 @@ class DeepSpeedLearner:
             norm = self.engine.get_global_grad_norm() if norm is None else norm
         else:
             self.engine.zero_grad()
-        stats_sum.update(
-            grad_norm=float("nan") if norm is None else float(norm),
-            update_skipped=float(not finite),
-            lr=float(self.engine.get_lr()[0]),
-        )
-        stats_sum["_logp"] = _cat_padded(logps)
-        return stats_sum
+        stats = combine_stats(parts)
+        stats["lr"] = float(self.engine.get_lr()[0])
+        return StepResult(logprobs=_cat_padded(logps), stats=stats, skipped=not finite,
+                          grad_norm=float("nan") if norm is None else float(norm))
 
     # ---------------------------------------------------------------- weights out
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -134,6 +157,13 @@ class DeepSpeedLearner:
     @property
     def num_parameters(self) -> int:
         return sum(1 for _ in self.engine.module.named_parameters())
+
+    def save(self, folder: str) -> None:
+        """Weights and optimizer state, per ZeRO partition (every rank writes its part)."""
+        self.engine.save_checkpoint(folder, tag="state")
+
+    def load(self, folder: str) -> None:
+        self.engine.load_checkpoint(folder, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
 
 
 def _cat_padded(chunks: list[torch.Tensor]) -> torch.Tensor:

@@ -1,14 +1,35 @@
 """Per-step metrics: one JSON line per optimizer step in <output_dir>/metrics.jsonl, mirrored to wandb and stdout."""
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
+log = logging.getLogger("rpo")
+
+
+class Console:
+    """Progress for a person: messages go to train.log always and to stdout (above the progress bar) when shown."""
+
+    def __init__(self, show: bool):
+        self.show = show
+
+    def say(self, message: str) -> None:
+        log.info(message)
+        if self.show:
+            tqdm.write(message, file=sys.stdout)
+
+    def progress(self, steps):
+        return tqdm(steps, desc="train", unit="step", file=sys.stdout, dynamic_ncols=True) if self.show else steps
 
 
 class PhaseTimer:
@@ -36,10 +57,9 @@ def to_number(v):
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: Path, cfg, run_config: dict, resume_step: int = 0):
+    def __init__(self, output_dir: Path, cfg, run_config: dict):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate_after(resume_step)
         self.wandb = None
         if cfg.wandb:
             import wandb
@@ -50,7 +70,7 @@ class MetricsLogger:
                 config=run_config, resume="allow", id=_wandb_id(output_dir),
             )
 
-    def _truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int) -> None:
         """On resume, drop lines of steps the checkpoint does not contain, so no step appears twice."""
         if not self.path.exists():
             return
@@ -75,8 +95,6 @@ class MetricsLogger:
 
 
 def _wandb_id(output_dir) -> str:
-    import hashlib
-
     return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:12]
 
 

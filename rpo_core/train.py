@@ -1,233 +1,307 @@
 """rpo-train: the RL loop. Each optimizer step runs the phases in order:
 
-    rollout -> reward -> (advantage + update) -> sync -> cache -> eval -> log -> checkpoint
+    collect (rollout -> reward) -> update -> sync -> remember (planner/cache) -> eval -> log -> checkpoint
 
-One rollout may feed several optimizer steps (RAPID's H mini-batches, `pending` below)."""
+One rollout may feed several optimizer steps (RAPID's H mini-batches wait in `state.pending`)."""
 from __future__ import annotations
 
-import hashlib
 import logging
+import resource
 import sys
 import time
-from collections import deque
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
-import torch
+import numpy as np
+import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+import torch
+
+from algorithms.core import count_constant_groups
+from cache import CacheError
+from rewards import compose_rewards
+from rewards.shaping import word_counts
+from rollout import GenerationRequest, SyncError
+from rpo_core.checkpoint import (CheckpointError, TrainState, load_checkpoint, resolve_resume, save_checkpoint)
+from rpo_core.common.batching import to_train_batch
+from rpo_core.common.registry import UnknownNameError
+from rpo_core.common.types import Problem, RolloutBatch, Sample
+from rpo_core.common.util import stable_seed, step_generator
+from rpo_core.components import Components, build_components
 from rpo_core.config import ConfigError, validate_config
+from rpo_core.data import DataError
 from rpo_core.distributed import configure_environment
 from rpo_core.faults import pause_point
+from rpo_core.metrics import PhaseTimer, format_step_line
+from rpo_core.models import ModelNotFoundError
 
 log = logging.getLogger("rpo")
+# Bad input the user can fix: a message and exit code 2, not a traceback.
+USER_ERRORS = (CacheError, CheckpointError, DataError, ModelNotFoundError, UnknownNameError, ConfigError)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from cache import CacheError
-    from rpo_core.checkpoint import CheckpointError
-    from rpo_core.data import DataError
-    from rpo_core.models import ModelNotFoundError
-    from rpo_core.registry import UnknownNameError
+@dataclass
+class Tally:
+    """What one step's generation rounds did (DAPO may run several): counted, then logged."""
 
-    return (CacheError, CheckpointError, DataError, ModelNotFoundError, UnknownNameError, ConfigError)
+    rounds: int = 0
+    questions: int = 0
+    counts: Counter = field(default_factory=Counter)
 
 
 # =====================================================================================================================
 # phases
 # =====================================================================================================================
-def request_seed(seed: int, step: int, uid: str, salt: str) -> int:
-    """Per-request sampling seed from (run seed, step, question): the same samples whatever the batch composition."""
-    return int(hashlib.sha1(f"{seed}:{step}:{uid}:{salt}".encode()).hexdigest()[:8], 16)
-
-
-def rollout_phase(run, problems, step: int, salt: str):
-    """G samples per problem; under RPO, G suffixes after the kept prefix of each cached response."""
-    from rollout.base import GenerationRequest
-    from rpo_core.types import RolloutBatch, Sample
-
-    cfg, G = run.cfg, run.cfg.rollout.group_size
-    plans = run.rpo.plan(problems, run.step_generator(step, "truncate:" + salt)) if run.rpo else [None] * len(problems)
-    requests, where = [], []
-    for k, (p, plan) in enumerate(zip(problems, plans)):
-        prefix = plan.prefix_ids if plan else []
-        budget = plan.budget if plan else cfg.rollout.max_new_tokens
-        if budget > 0:
-            where.append(k)
-            requests.append(GenerationRequest(list(p.prompt_ids) + prefix, G, budget, request_seed(cfg.seed, step, p.uid, salt)))
-    generations = dict(zip(where, run.engine.generate(requests, cfg.rollout.temperature))) if requests else {}
+def rollout_phase(c: Components, problems: list[Problem], step: int, salt: str, tally: Tally) -> RolloutBatch:
+    """G samples per problem, each continuing its plan's prefix (RPO: of the cached response; otherwise empty)."""
+    cfg, G = c.cfg, c.cfg.rollout.group_size
+    plans = c.planner.plan(problems, step_generator(cfg.seed, step, f"truncate:{salt}"))
+    asked = [k for k, plan in enumerate(plans) if plan.budget > 0]
+    requests = [GenerationRequest(list(problems[k].prompt_ids) + list(plans[k].prefix_ids), G, plans[k].budget,
+                                  stable_seed(cfg.seed, step, problems[k].uid, salt)) for k in asked]
+    generations = dict(zip(asked, c.engine.generate(requests, cfg.rollout.temperature))) if requests else {}
     pause_point("rollout", step)
-    samples, stats = [], {"rollout_tokens": 0, "prefix_tokens": 0, "cache_hits": 0, "truncated_tokens": 0}
+    samples = []
     for k, (p, plan) in enumerate(zip(problems, plans)):
-        prefix_ids, prefix_lp = (plan.prefix_ids, plan.prefix_logprobs) if plan else ([], [])
-        if plan and plan.hit:
-            stats["cache_hits"] += 1
-            stats["truncated_tokens"] += plan.truncated
-        for i in range(G):
-            gen = generations[k][i] if k in generations else None
+        for gen in generations.get(k, [None] * G):
             new_ids, new_lp = (gen.token_ids, gen.logprobs) if gen else ([], [])
-            finished = gen.finished if gen else bool(plan and plan.cached_finished)
             samples.append(Sample(
-                uid=p.uid, prompt_ids=list(p.prompt_ids), response_ids=prefix_ids + new_ids,
-                behavior_logprobs=prefix_lp + new_lp, prefix_len=len(prefix_ids), finished=finished,
-                policy_step=step - 1, prefix_policy_step=plan.prefix_policy_step if plan else step - 1,
+                uid=p.uid, prompt_ids=list(p.prompt_ids), response_ids=list(plan.prefix_ids) + new_ids,
+                behavior_logprobs=list(plan.prefix_logprobs) + new_lp, prefix_len=len(plan.prefix_ids),
+                finished=gen.finished if gen else plan.finished_without_generation,
+                policy_step=step - 1, prefix_policy_step=plan.prefix_policy_step if plan.prefix_ids else step - 1,
             ))
-            stats["rollout_tokens"] += len(new_ids)
-            stats["prefix_tokens"] += len(prefix_ids)
-    texts = run.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+            tally.counts["rollout_tokens"] += len(new_ids)
+            tally.counts["prefix_tokens"] += len(plan.prefix_ids)
+        tally.counts["cache_hits"] += plan.cache_hit
+        tally.counts["truncated_tokens"] += plan.truncated
+        tally.counts["truncate_zero"] += plan.cache_hit and plan.truncated == 0
+    texts = c.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
     for s, text in zip(samples, texts):
         s.text = text  # for the reward only; the token ids above are what is trained on
-    return RolloutBatch(samples=samples, group_size=G, golds=[p.gold for p in problems]), stats
+    return RolloutBatch(samples=samples, group_size=G, golds=[p.gold for p in problems])
 
 
-def reward_phase(run, batch) -> dict:
+def reward_phase(c: Components, batch: RolloutBatch, tally: Tally) -> None:
     """Correctness of the whole response (prefix + suffix) against the gold answer, plus configured shaping terms."""
-    from rewards import compose_rewards
-
     G = batch.group_size
-    golds = [gold for gold in batch.golds for _ in range(G)]
-    scored = run.scorer.score([s.text for s in batch.samples], golds)
-    lengths = [len(s.response_ids) for s in batch.samples]
-    batch.rewards, batch.reward_parts = compose_rewards(scored.correct, scored.has_answer, lengths, G, run.cfg.reward)
-    batch.correct = [float(c) for c in scored.correct]
-    return dict(scored.stats)
+    scored = c.scorer.score([s.text for s in batch.samples], [gold for gold in batch.golds for _ in range(G)])
+    texts = [s.text for s in batch.samples]
+    batch.rewards, batch.reward_parts = compose_rewards(scored.correct, scored.has_answer,
+                                                        [len(s.response_ids) for s in batch.samples], G, c.cfg.reward,
+                                                        word_counts=word_counts(texts))
+    batch.correct = [float(x) for x in scored.correct]
+    tally.counts.update(scored.stats)
+    # groups whose rewards are all equal carry no advantage (DAPO drops them; the others train on zeros)
+    tally.counts["dead_groups"] += int(count_constant_groups(torch.tensor(batch.rewards), G))
 
 
-def generate_and_score(run, n_prompts: int, step: int, stats: dict):
-    """n prompts from the data order -> rewarded groups; accumulates rollout/reward times and counters in `stats`."""
-    problems = run.sampler.next(n_prompts)
-    stats["_rounds"] = stats.get("_rounds", 0) + 1
-    with run.timer("rollout"):
-        batch, rstats = rollout_phase(run, problems, step, salt=f"r{stats['_rounds']}")
-    with run.timer("reward"):
-        rstats.update(reward_phase(run, batch))
-    for k, v in rstats.items():
-        stats[k] = stats.get(k, 0) + v
-    stats["_questions"] = stats.get("_questions", 0) + len(problems)
-    return batch
-
-
-def collect_phase(run, step: int, stats: dict) -> list:
+def collect_phase(c: Components, state: TrainState, step: int, timer: PhaseTimer) -> tuple[list[RolloutBatch], dict]:
     """Rank 0 generates and scores (the algorithm decides how many prompts and which groups to keep) and cuts the
     batch into mini-batches, one per optimizer step; every rank receives the same list."""
-    minibatches = None
-    if run.rank == 0:
-        batch, algo_stats = run.algorithm.collect(lambda n: generate_and_score(run, n, step, stats))
-        stats.update(algo_stats)
-        minibatches = run.algorithm.split(batch)
-    if run.world_size > 1:
-        import torch.distributed as dist
+    tally, minibatches, stats = Tally(), None, {}
 
-        box = [minibatches]
+    def generate_and_score(n: int) -> RolloutBatch:
+        problems, state.data = c.sampler.take(state.data, n)
+        tally.rounds += 1
+        tally.questions += len(problems)
+        with timer("rollout"):
+            batch = rollout_phase(c, problems, step, f"r{tally.rounds}", tally)
+        with timer("reward"):
+            reward_phase(c, batch, tally)
+        return batch
+
+    if c.rank == 0:
+        batch, stats = c.algorithm.collect(generate_and_score)
+        minibatches = c.algorithm.split(batch)
+        hits, zero = tally.counts.pop("cache_hits", 0), tally.counts.pop("truncate_zero", 0)
+        stats.update(tally.counts, cache_hit_rate=hits / tally.questions,
+                     rollout_tokens_per_sample=tally.counts["rollout_tokens"] / (tally.questions * batch.group_size))
+        if hits:  # RPO's m over the questions that had a cached response
+            stats.update(truncate_mean=tally.counts["truncated_tokens"] / hits, truncate_zero_share=zero / hits)
+    if c.world_size > 1:
+        box = [minibatches, state.data]
         dist.broadcast_object_list(box, src=0)
-        minibatches = box[0]
-    return minibatches
+        minibatches, state.data = box
+    return minibatches, stats
 
 
-def update_phase(run, batch, step: int) -> dict:
-    """Advantages and one optimizer step of the algorithm's loss over `batch`."""
-    from rpo_core.batching import to_train_batch
+def rollout_logp_phase(c: Components, minibatches: list[RolloutBatch]) -> None:
+    """pi_old for a rollout that feeds several optimizer steps: the learner's logprobs of every sample under the policy
+    that generated them, taken before the first of those steps. Each rank computes its own shards; all ranks then hold
+    every sample's (so the checkpointed pending mini-batches are complete)."""
+    mine = {}
+    for k, mb in enumerate(minibatches):
+        part = shard(c, mb)
+        if part.num_groups == 0:
+            continue
+        logp = c.learner.logprobs(to_train_batch(part, c.pad_id, step=0))
+        rows = [i for g in range(c.rank, mb.num_groups, c.world_size) for i in range(g * mb.group_size, (g + 1) * mb.group_size)]
+        for row, i in enumerate(rows):
+            mine[(k, i)] = logp[row, : len(mb.samples[i].response_ids)].tolist()
+    parts = [mine]
+    if c.world_size > 1:
+        parts = [None] * c.world_size
+        dist.all_gather_object(parts, mine)
+    for part in parts:
+        for (k, i), lp in part.items():
+            minibatches[k].samples[i].rollout_logprobs = lp
 
-    tb = to_train_batch(batch, run.pad_id, step, prefix_in_loss=run.cfg.rpo.prefix_in_loss)
-    if run.reference is not None:
-        tb.ref_logp = run.reference.logprobs(tb)
-    tb = run.algorithm.prepare(tb)
-    stats = run.learner.train_step(tb, run.algorithm.loss)
+
+def update_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
+    """Advantages and one optimizer step of the algorithm's loss over this rank's share of `batch`."""
+    tb = to_train_batch(shard(c, batch), c.pad_id, step, prefix_in_loss=c.cfg.rpo.prefix_in_loss)
+    if c.reference is not None:
+        tb.ref_logp = c.reference.logprobs(tb)
+    tb = c.algorithm.prepare(tb)
+    result = c.learner.train_step(tb, c.algorithm.loss, c.algorithm.token_level)
     pause_point("update", step)  # weights updated; engine, cache, metrics and checkpoint not yet
-    logp = stats.pop("_logp")
-    # vLLM vs learner on the freshly generated tokens, before this update
-    fresh = tb.response_mask * (1 - tb.prefix_mask)
-    stats["logprob_mismatch"] = ((logp - tb.behavior_logp).abs() * fresh).sum() / fresh.sum().clamp(min=1)
-    stats["response_len_mean"] = tb.response_mask.sum(1).mean()
-    stats["advantage_abs_mean"] = tb.advantages.abs().mean()
-    return stats
+    fresh = tb.response_mask * (1 - tb.prefix_mask)  # vLLM vs learner on the freshly generated tokens, before this update
+    return {**result.stats, "grad_norm": result.grad_norm, "update_skipped": float(result.skipped),
+            "logprob_mismatch": float(((result.logprobs - tb.behavior_logp).abs() * fresh).sum() / fresh.sum().clamp(min=1)),
+            "response_len_mean": float(tb.response_mask.sum(1).mean()), "advantage_abs_mean": float(tb.advantages.abs().mean())}
 
 
-def sync_phase(run, step: int) -> dict:
-    """Copy the learner's weights into the rollout engine (all ranks gather under ZeRO-3; rank 0 loads)."""
-    return run.sync_engine(step)
+def shard(c: Components, batch: RolloutBatch) -> RolloutBatch:
+    """This rank's share of a mini-batch: whole groups, round-robin (advantages need the whole group)."""
+    return batch if c.world_size == 1 else batch.select_groups(list(range(c.rank, batch.num_groups, c.world_size)))
 
 
-def cache_phase(run, batch, step: int) -> dict:
-    written = run.rpo.update(batch, step, run.step_generator(step, "cache")) if run.rpo else 0
-    return {"cache_written": written}
+def sync_phase(c: Components, state: TrainState) -> dict:
+    """Learner weights -> rollout engine. Every rank walks the parameters (a collective under ZeRO-3); rank 0 loads.
+
+    A failed sync leaves the engine on the weights it had: the run goes on (rollouts carry their own behaviour
+    logprobs, so the ratio stays right), says so, and counts it; trainer.max_bad_steps failures in a row stop it."""
+    weights = c.learner.full_weights()
+    try:
+        loaded = c.engine.load_weights(weights) if c.engine is not None else sum(1 for _ in weights)
+        if loaded != c.learner.num_parameters:
+            raise SyncError(f"got {loaded} of {c.learner.num_parameters} tensors")
+    except SyncError as e:
+        state.sync_failures += 1
+        log.warning("weight sync after step %d failed: %s. The rollout engine keeps the weights of step %d.",
+                    state.step, e, state.engine_step)
+        if state.sync_failures >= c.cfg.trainer.max_bad_steps:
+            raise RuntimeError(f"{state.sync_failures} weight syncs in a row failed (trainer.max_bad_steps); "
+                               f"last error: {e}") from e
+        return {"sync_failed": 1.0, "engine_step": state.engine_step}
+    state.sync_failures, state.engine_step = 0, state.step
+    return {"synced_tensors": loaded, "engine_step": state.step}
 
 
-def eval_phase(run, step: int) -> dict:
+def remember_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
+    """The planner keeps what this step taught (RPO: the epsilon-greedy cache update); rank 0 only."""
+    written = c.planner.update(batch, step, step_generator(c.cfg.seed, step, "cache"))
+    return {"cache_written": written, **c.planner.metrics()}
+
+
+def eval_phase(c: Components) -> dict:
     """Greedy accuracy on the held-out problems (fixed order, temperature 0)."""
-    from rollout.base import GenerationRequest
-
-    problems = run.eval_problems
-    requests = [GenerationRequest(list(p.prompt_ids), 1, run.cfg.trainer.eval_max_new_tokens, 0) for p in problems]
-    gens = run.engine.generate(requests, temperature=0.0)
-    texts = [g[0].text for g in gens]
-    scored = run.scorer.score(texts, [p.gold for p in problems])
+    problems = c.eval_problems
+    requests = [GenerationRequest(list(p.prompt_ids), 1, c.cfg.trainer.eval_max_new_tokens, 0) for p in problems]
+    gens = c.engine.generate(requests, temperature=0.0)
+    scored = c.scorer.score([g[0].text for g in gens], [p.gold for p in problems])
     return {"accuracy": sum(scored.correct) / max(1, len(problems)),
             "eval_response_len": sum(len(g[0].token_ids) for g in gens) / max(1, len(gens))}
+
+
+def step_record(c: Components, mb: RolloutBatch, stats: dict, timer: PhaseTimer, t_step: float, t_run: float) -> dict:
+    record = {
+        "step": stats.pop("step"),
+        "reward_mean": float(np.mean(mb.rewards)) if mb.samples else None,
+        "correct_mean": float(np.mean(mb.correct)) if mb.samples else None,
+        "accuracy": stats.pop("accuracy", None),
+        "samples": len(mb.samples),
+        "rollout_tokens": stats.pop("rollout_tokens", 0),
+        "prefix_tokens": stats.pop("prefix_tokens", 0),
+        **timer.times,
+        "time_step": time.perf_counter() - t_step,
+        "wall_time": time.perf_counter() - t_run,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # this process, so far (ru_maxrss: KiB)
+    }
+    record.update({f"reward_{part}": float(np.mean(v)) if v else None for part, v in mb.reward_parts.items()})
+    return record | stats
 
 
 # =====================================================================================================================
 # the loop
 # =====================================================================================================================
 def train(cfg: DictConfig) -> dict:
-    from rpo_core.run import Run
-
-    run = Run.build(cfg)
+    c = build_components(cfg)
     try:
-        return _train(run)
+        return _train(c, resume(c))
     finally:
-        run.close()
+        c.close()
 
 
-def _train(run) -> dict:
-    cfg = run.cfg
-    total = cfg.trainer.total_steps
-    if run.start_step == 0 and run.rank == 0:
-        record = {"step": 0, **eval_phase(run, 0)}
-        if run.cache_init:  # one-off cost, reported apart from training time as the RPO paper does
-            record.update(cache_init_seconds=run.cache_init["seconds"], cache_init_tokens=run.cache_init["generated_tokens"])
-        run.logger.log(record)
-        run.say(f"step    0 | accuracy before training {record['accuracy']:.3f} on {len(run.eval_problems)} problems")
-    pending: deque = run.pending  # mini-batches generated but not yet trained on (RAPID: H per rollout)
-    bad_steps = 0
-    last = {}
-    for step in run.progress(range(run.start_step + 1, total + 1)):
-        run.timer = run.new_timer()
-        t0 = time.perf_counter()
-        stats: dict = {}
-        if not pending:
-            pending.extend(collect_phase(run, step, stats))
-        mb = pending.popleft()
+def resume(c: Components) -> TrainState:
+    """A fresh state, or the one of the checkpoint trainer.resume names (engine weights and metrics follow it)."""
+    path = resolve_resume(c.cfg.trainer.resume, c.output_dir)
+    state = TrainState() if path is None else load_checkpoint(c, path)
+    if c.logger is not None:
+        c.logger.truncate_after(state.step if path else -1)  # no step logged twice
+    if path is not None:
+        if "sync_failed" in sync_phase(c, state):
+            raise RuntimeError(f"could not load the weights of {path} into the rollout engine (see train.log)")
+        c.console.say(f"resumed from {path} at step {state.step} ({len(state.pending)} pending mini-batches)")
+    return state
+
+
+def _train(c: Components, state: TrainState) -> dict:
+    cfg, total, t_run, last = c.cfg, c.cfg.trainer.total_steps, time.perf_counter(), {}
+    if state.step == 0 and c.rank == 0:
+        record = {"step": 0, **eval_phase(c)}
+        if c.cache_init:  # one-off cost, reported apart from training time as the RPO paper does
+            record.update(cache_init_seconds=c.cache_init["seconds"], cache_init_tokens=c.cache_init["generated_tokens"])
+        c.logger.log(record)
+        c.console.say(f"step    0 | accuracy before training {record['accuracy']:.3f} on {len(c.eval_problems)} problems")
+    for step in c.console.progress(range(state.step + 1, total + 1)):
+        timer, t_step, stats = PhaseTimer(), time.perf_counter(), {"step": step}
+        if not state.pending:
+            state.pending, collected = collect_phase(c, state, step, timer)
+            stats.update(collected)
+            if len(state.pending) > 1 and c.algorithm.needs_rollout_logp:
+                with timer("rollout_logp"):
+                    rollout_logp_phase(c, state.pending)
+        mb = state.pending.pop(0)
+        state.step = step
         if mb.num_groups > 0:
-            with run.timer("train"):
-                stats.update(update_phase(run, run.shard(mb), step))
-            with run.timer("sync"):
-                stats.update(sync_phase(run, step))
-            if run.rank == 0:
-                with run.timer("cache"):
-                    stats.update(cache_phase(run, mb, step))
-            bad_steps = bad_steps + 1 if stats.get("update_skipped") else 0
+            with timer("train"):
+                stats.update(update_phase(c, mb, step))
+            with timer("sync"):
+                stats.update(sync_phase(c, state))
+            if c.rank == 0:
+                with timer("cache"):
+                    stats.update(remember_phase(c, mb, step))
+            state.bad_steps = state.bad_steps + 1 if stats["update_skipped"] else 0
+            if state.bad_steps >= cfg.trainer.max_bad_steps:
+                raise RuntimeError(f"{state.bad_steps} consecutive updates skipped for a non-finite loss "
+                                   f"(trainer.max_bad_steps)")
         else:
             stats["empty_batch"] = 1.0  # nothing to train on (every group had equal rewards): no update, no sync
-        if stats.get("update_skipped") and bad_steps >= cfg.trainer.max_bad_steps:
-            raise RuntimeError(f"{bad_steps} consecutive updates skipped for a non-finite loss (trainer.max_bad_steps)")
-        if run.rank == 0 and ((cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0) or step == total):
-            with run.timer("eval"):
-                stats.update(eval_phase(run, step))
-        if run.rank == 0:
-            last = run.logger.log(run.step_record(step, mb, stats, time.perf_counter() - t0))
-            run.say_step(last)
-        run.maybe_checkpoint(step, pending)
+        if c.rank == 0 and ((cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0) or step == total):
+            with timer("eval"):
+                stats.update(eval_phase(c))
+        if c.rank == 0:
+            last = c.logger.log(step_record(c, mb, stats, timer, t_step, t_run))
+            c.console.say(format_step_line(last))
+        if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or step == total:
+            path = save_checkpoint(c, state, pause=lambda point: pause_point(f"checkpoint_{point}", step))
+            c.console.say(f"checkpoint {path}")
     return last
 
 
 # An absolute path: the config folder sits beside the packages, whether run as `rpo-train` or `python -m`.
 @hydra.main(version_base=None, config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     hc = HydraConfig.get()
-    if hc.mode is not None and hc.mode.name == "MULTIRUN":  # each sweep job writes into its own sweep sub-directory
+    multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
+    if multirun:  # each sweep job writes into its own sweep sub-directory
         OmegaConf.update(cfg, "trainer.output_dir", hc.runtime.output_dir, force_add=True)
     try:
         validate_config(cfg)
@@ -235,22 +309,19 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     configure_environment(cfg.device)
-    multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
     try:
         train(cfg)
     except Exception as e:
         _record_failure(cfg, e)
         if multirun:  # one failed job must not end the sweep: the report shows it as a failed row
             return
-        if isinstance(e, _user_errors()):  # bad input the user can fix: a message, not a traceback
+        if isinstance(e, USER_ERRORS):
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
             sys.exit(2)
         raise
 
 
 def _record_failure(cfg, e: Exception) -> None:
-    import traceback
-
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tb = "".join(traceback.format_exception(e)[-8:])

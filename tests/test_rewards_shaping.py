@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rewards import compose_rewards, length_aware_reward, overlong_penalty
+from rewards.shaping import LENGTH_UNITS, word_counts
 
 
 def test_overlong_penalty_by_hand():
@@ -99,6 +100,50 @@ def test_compose_accepts_plain_dict_and_checks_lengths():
         compose_rewards([True, False], [True], [1, 2], 2, BASE)
 
 
+def test_word_counts():
+    assert word_counts(["a b  c", "  x\n\ty ", "", "\\boxed{42}"]) == [3, 2, 0, 1]  # any whitespace run splits
+
+
+# An all-correct group (token lengths 18, 20, 22, 25; word counts 9, 10, 12, 14): binary rewards make it a dead
+# group, the length-aware reward is the only signal in it.
+TOKENS, WORDS = [18, 20, 22, 25], [9, 10, 12, 14]
+
+
+def test_length_aware_spread_in_an_all_correct_group_old_vs_authors_setting():
+    la_on = {"length_aware.enabled": True}
+    old, _ = compose_rewards([True] * 4, [True] * 4, TOKENS, 4, _cfg(**la_on))  # BASE: no unit key, alpha 0.01
+    # mean 85/4 = 21.25 tokens: sig(0.01 * 3.25) = sig(0.0325) = 0.508124, sig(0.0125) = 0.503125,
+    # sig(-0.0075) and sig(-0.0375) < 0.5 -> clipped to 0.5: all ~0.5, spread 0.0081
+    assert old == pytest.approx([0.5081242849, 0.5031249593, 0.5, 0.5])
+    assert max(old) - min(old) < 0.05
+    new, _ = compose_rewards([True] * 4, [True] * 4, TOKENS, 4,
+                             _cfg(**la_on, **{"length_aware.unit": "words", "length_aware.alpha": 0.1}),
+                             word_counts=WORDS)  # fmt: skip
+    # mean 45/4 = 11.25 words: sig(0.1 * 2.25) = sig(0.225) = 0.556014, sig(0.125) = 0.531209,
+    # sig(-0.075), sig(-0.275) -> 0.5: spread 0.0560, 6.9x the old one
+    assert new == pytest.approx([0.5560138905, 0.5312093734, 0.5, 0.5])
+    assert max(new) - min(new) == pytest.approx(0.0560138905)
+    assert max(new) - min(new) > 6 * (max(old) - min(old))
+    # unit=tokens with the same alpha reads the token lengths, whatever word_counts holds
+    tok, _ = compose_rewards([True] * 4, [True] * 4, TOKENS, 4, _cfg(**la_on, **{"length_aware.unit": "tokens"}),
+                             word_counts=WORDS)  # fmt: skip
+    assert tok == old
+
+
+def test_length_aware_units_validation():
+    words_cfg = _cfg(**{"length_aware.enabled": True, "length_aware.unit": "words"})
+    assert LENGTH_UNITS == ("words", "tokens")
+    with pytest.raises(ValueError, match="word_counts"):
+        compose_rewards([True, True], [True, True], [10, 12], 2, words_cfg)
+    with pytest.raises(ValueError, match="word_counts has 1"):
+        compose_rewards([True, True], [True, True], [10, 12], 2, words_cfg, word_counts=[3])
+    with pytest.raises(ValueError, match="unit"):
+        compose_rewards([True], [True], [1], 1, _cfg(**{"length_aware.enabled": True, "length_aware.unit": "chars"}))
+    # disabled: the unit is never read, so the caller need not count words
+    total, _ = compose_rewards([True], [True], [1], 1, _cfg(**{"length_aware.unit": "words"}))
+    assert total == [1.0]
+
+
 def test_project_config_composes_with_defaults():
     from conftest import compose
 
@@ -106,3 +151,8 @@ def test_project_config_composes_with_defaults():
     total, parts = compose_rewards([True, False], [True, False], [3, 4], 2, cfg)
     assert total == [1.0, 0.0] and list(parts) == ["correctness"]
     assert cfg.overlong.max_len == compose().rollout.max_new_tokens
+    assert cfg.length_aware.unit == "words" and cfg.length_aware.alpha == 0.1  # the authors' setting
+    cfg.length_aware.enabled = True
+    total, _ = compose_rewards([True, True], [True, True], [30, 20], 2, cfg, word_counts=[14, 9])
+    # mean 11.5 words: sig(0.1 * (11.5 - 14)) = sig(-0.25) -> clipped to 0.5; sig(0.25) = 0.562177
+    assert total == pytest.approx([0.5, 0.5621765009])

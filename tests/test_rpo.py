@@ -9,15 +9,16 @@ from omegaconf import OmegaConf
 
 from algorithms.rpo import PartialRollout
 from cache import CacheEntry, TrajectoryCache
-from rpo_core.batching import to_train_batch
-from rpo_core.types import Problem, RolloutBatch, Sample
+from rpo_core.common.batching import to_train_batch
+from rpo_core.common.types import Problem, RolloutBatch, Sample
 
 EOS = 2
 
 
 def rpo_cfg(**over):
-    base = dict(enabled=True, max_truncate=300, truncate_mode="fixed", suffix_budget="truncated", suffix_slack=4,
-                prefix_in_loss=True, epsilon=0.5, init="upfront")
+    base = dict(enabled=True, max_truncate=300, min_truncate=0, truncate_per="question", truncate_mode="fixed",
+                suffix_budget="truncated", suffix_slack=4, prefix_in_loss=True, prefix_ratio="one", epsilon=0.5,
+                init="upfront")
     return OmegaConf.create({**base, **over})
 
 
@@ -41,20 +42,35 @@ def test_plan_bounds_and_budgets(tmp_path):
         g = torch.Generator().manual_seed(seed)
         a, b, miss = rollout.plan(problems("a", "b", "zzz"), g)
         assert 0 <= a.truncated <= 8 and 0 <= b.truncated <= 5  # m never exceeds L nor the response
-        assert a.prefix_ids == resp[: len(resp) - a.truncated]  # a prefix of the cached ids, as ids
-        assert a.prefix_logprobs == [-0.5] * len(a.prefix_ids)
+        assert list(a.prefix_ids) == resp[: len(resp) - a.truncated]  # a prefix of the cached ids, as ids
+        assert list(a.prefix_logprobs) == [-0.5] * len(a.prefix_ids)
         # truncated budget: m + slack, never past the generation limit for the whole response
         expect = 0 if a.truncated == 0 else min(a.truncated + 4, 24 - len(a.prefix_ids))
         assert a.budget == expect
         assert b.budget == min(b.truncated + 4, 24 - len(b.prefix_ids))  # unfinished: m = 0 still continues
-        assert not miss.hit and miss.prefix_ids == [] and miss.budget == 24  # a miss is a full rollout
+        assert not miss.cache_hit and miss.prefix_ids == () and miss.budget == 24  # a miss is a full rollout
         seen.add(a.truncated)
     assert seen == set(range(9))  # every m in 0..L occurs
 
 
-def test_half_min_length_mode_and_fixed_budget(tmp_path):
+def test_authors_defaults_never_make_dead_groups_and_share_one_m(tmp_path):
+    """min_truncate=1, truncate_per=batch (yhz5613813/RPO: one randint(1, L) per batch): m >= 1, so a finished cached
+    response is never replayed as G identical samples, and every long-enough question drops the same m."""
+    cache = make_cache(tmp_path, {u: (list(range(10, 30)) + [EOS], True) for u in "abc"} | {"d": ([10, 11], True)})
+    rollout = PartialRollout(rpo_cfg(max_truncate=8, min_truncate=1, truncate_per="batch"), cache, 24)
+    seen = set()
+    for seed in range(200):
+        a, b, c, d = rollout.plan(problems("a", "b", "c", "d"), torch.Generator().manual_seed(seed))
+        assert a.truncated == b.truncated == c.truncated and 1 <= a.truncated <= 8
+        assert 1 <= d.truncated <= 2 and d.truncated == min(a.truncated, 2)  # a short response: clamped to its length
+        assert all(p.budget > 0 and not p.finished_without_generation for p in (a, b, c, d))
+        seen.add(a.truncated)
+    assert seen == set(range(1, 9))
+
+
+def test_half_length_mode_and_fixed_budget(tmp_path):
     cache = make_cache(tmp_path, {"a": (list(range(10, 30)), True)})  # 20 tokens -> L = 10
-    rollout = PartialRollout(rpo_cfg(truncate_mode="half_min_length", suffix_budget="fixed"), cache, 64)
+    rollout = PartialRollout(rpo_cfg(truncate_mode="half_length", suffix_budget="fixed"), cache, 64)
     ms = [rollout.plan(problems("a"), torch.Generator().manual_seed(s))[0] for s in range(200)]
     assert max(p.truncated for p in ms) == 10
     assert all(p.budget == (0 if p.truncated == 0 else 64 - (20 - p.truncated)) for p in ms)
@@ -71,16 +87,21 @@ def test_prefix_in_loss_masks():
     assert on.prefix_mask.tolist() == [[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
 
 
-def test_prefix_tokens_use_stored_behaviour_logprobs_in_the_ratio():
+@pytest.mark.parametrize("prefix_ratio,clipped", [("one", 0.0), ("behavior", 1 / 6)])
+def test_prefix_ratio_option_reaches_the_loss(prefix_ratio, clipped):
+    """rpo.prefix_ratio=one: the prefix is treated like fresh tokens (ratio 1, nothing clipped); behavior: the ratio to
+    the cache's logprobs, exp(-1 - (-2)) = e > 1.2 on the prefix token, clipped where A > 0: 1 of the 6 loss tokens."""
     from algorithms import build_algorithm
     from conftest import compose
 
-    algo = build_algorithm(compose("algorithm=grpo").algorithm)
+    algo = build_algorithm(compose("algorithm=grpo").algorithm, 16, prefix_ratio)
     s = Sample(uid="a", prompt_ids=[1], response_ids=[5, 6, 7], behavior_logprobs=[-2.0, -1.0, -1.0], prefix_len=1)
-    tb = to_train_batch(RolloutBatch([s], group_size=1, rewards=[1.0]), pad_id=0, step=1)
-    logp = torch.tensor([[-1.0, -0.5, -0.25]])
-    old = algo.ratio_reference(logp, tb)
-    assert old.tolist() == [[-2.0, -0.5, -0.25]]  # prefix: the older policy's logprob; suffix: on-policy
+    t = Sample(uid="a", prompt_ids=[1], response_ids=[5, 8, 9], behavior_logprobs=[-2.0, -1.0, -1.0], prefix_len=1)
+    tb = algo.prepare(to_train_batch(RolloutBatch([s, t], group_size=2, rewards=[1.0, 0.0]), pad_id=0, step=1))
+    logp = torch.tensor([[-1.0, -0.5, -0.25], [-1.0, -0.5, -0.25]], requires_grad=True)
+    _, stats = algo.loss(logp, tb)
+    assert stats["clip_frac_high"].item() == pytest.approx(clipped)
+    assert stats["suffix_loss_share"].item() == pytest.approx(2 / 3)  # seq-mean-token-mean: 2 of 3 tokens per row
 
 
 def test_epsilon_one_caches_the_best_and_update_is_one_write(tmp_path):

@@ -1,4 +1,6 @@
-"""End to end through the real CLI: `rpo-train model=tiny` on real vLLM and real DeepSpeed, every algorithm, RPO on/off."""
+"""End to end through the real CLI: `rpo-train model=tiny data=parity` on real vLLM and real DeepSpeed, every algorithm,
+RPO on/off. The parity task gives the random tiny model rewards that differ inside groups, so every run here has
+nonzero advantages, and each test checks that the policy moved."""
 from __future__ import annotations
 
 import json
@@ -8,14 +10,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from conftest import child_env
+
+pytestmark = pytest.mark.full
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["step", "reward_mean", "accuracy", "rollout_tokens", "time_rollout", "time_reward", "time_train",
             "time_sync", "time_step", "logprob_mismatch"]
-SMALL = ["model=tiny", "data.n_train=64", "trainer.eval_size=8", "algorithm.train_batch_size=4",
-         "rollout.group_size=4", "rollout.max_new_tokens=16", "trainer.progress=false"]
+SMALL = ["model=tiny", "data=parity", "trainer.eval_size=8", "algorithm.train_batch_size=4", "rollout.group_size=4",
+         "learner.optim.lr=1e-3", "trainer.progress=false"]
 
 
 def rpo_train(out: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -30,8 +36,25 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_step_grpo_run_logs_every_phase(tmp_path):
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    from rpo_core.checkpoint import complete_checkpoints
+
+    return load_file(complete_checkpoints(out)[-1] / "hf" / "model.safetensors")
+
+
+def assert_policy_moved(out: Path, initial_path: str) -> None:
+    """Nonzero rewards varied inside groups, gradients were nonzero, and the weights changed (weight decay is 0, so
+    only the policy gradient can have moved them)."""
+    rows = [r for r in metrics(out)[1:] if r.get("grad_norm") is not None]
+    assert rows and all(r["grad_norm"] > 0 for r in rows), [r.get("grad_norm") for r in rows]
+    assert any(0 < r["correct_mean"] < 1 for r in rows)
+    w0, w1 = load_file(f"{initial_path}/model.safetensors"), final_weights(out)
+    assert max((w1[k] - w0[k]).abs().max().item() for k in w0) > 1e-4, "the weights did not move"
+
+
+def test_two_step_grpo_run_logs_every_phase(tmp_path, tiny_model_path):
     rpo_train(tmp_path, "trainer.total_steps=2", "learner.zero_stage=2")
+    assert_policy_moved(tmp_path, tiny_model_path)
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert rows[0]["accuracy"] is not None  # evaluated before training
@@ -49,20 +72,34 @@ def test_two_step_grpo_run_logs_every_phase(tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo", "dapo", "rapid"])
 @pytest.mark.parametrize("rpo", [False, True])
-def test_every_algorithm_runs_with_and_without_rpo(tmp_path, algorithm, rpo):
+def test_every_algorithm_runs_with_and_without_rpo(tmp_path, tiny_model_path, algorithm, rpo):
     extra = ["algorithm.inference_batch_size=8"] if algorithm == "rapid" else []
-    extra += ["algorithm.max_gen_batches=2"] if algorithm == "dapo" else []
-    extra += ["rpo.max_truncate=8"] if rpo else []
+    extra += ["algorithm.max_gen_batches=2", "algorithm.mini_batches_per_rollout=2"] if algorithm == "dapo" else []
     rpo_train(tmp_path, f"algorithm={algorithm}", f"rpo.enabled={str(rpo).lower()}", "trainer.total_steps=2",
               "trainer.eval_every=0", *extra)
+    assert_policy_moved(tmp_path, tiny_model_path)
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [0, 1, 2]
     if rpo:
         assert all(r["cache_hit_rate"] == 1.0 for r in rows[1:] if r.get("cache_hit_rate") is not None)
         assert all(r["prefix_tokens"] > 0 for r in rows[1:] if r["rollout_tokens"])  # RAPID generates every H steps
-    if algorithm == "rapid":  # one inference pass of 8 prompts feeds H = 8 / 4 = 2 optimizer steps
+        assert all(r["truncate_zero_share"] == 0 for r in rows[1:] if "truncate_zero_share" in r)  # m >= 1
+    if algorithm in ("rapid", "dapo"):  # one rollout feeds 2 optimizer steps (RAPID: H = 8 / 4; DAPO: mu = 2)
         assert rows[1]["rollout_tokens"] > 0 and rows[2]["rollout_tokens"] == 0
+    if algorithm == "rapid":
         assert rows[2]["staleness_mean"] == 1.0
+    if algorithm == "dapo":  # the second step's ratio is to the policy before the first: it is no longer 1
+        assert rows[1]["ratio_max"] == pytest.approx(1.0, abs=1e-5) and rows[2]["ratio_max"] > 1.0 + 1e-4
+
+
+def test_dapo_dynamic_sampling_keeps_and_drops_groups(tmp_path, tiny_model_path):
+    """Parity rewards leave some groups of 4 all-equal (P = 1/8 each): DAPO must drop those and keep the rest."""
+    rpo_train(tmp_path, "algorithm=dapo", "trainer.total_steps=2", "trainer.eval_every=0",
+              "algorithm.mini_batches_per_rollout=1", "algorithm.max_gen_batches=3")
+    rows = [r for r in metrics(tmp_path)[1:] if "dapo_groups_kept" in r]
+    assert sum(r["dapo_groups_dropped"] for r in rows) > 0 and all(r["dapo_groups_kept"] == 4 for r in rows)
+    assert all(r["dead_groups"] == r["dapo_groups_dropped"] for r in rows)  # what was generated, before the filter
+    assert_policy_moved(tmp_path, tiny_model_path)
 
 
 def test_unknown_algorithm_lists_the_registered_ones(tmp_path):

@@ -17,8 +17,8 @@ def engine(request, tiny_model_path, dist):
 
 
 def _fixed_batch(tokenizer):
-    from rpo_core.batching import to_train_batch
-    from rpo_core.types import RolloutBatch, Sample
+    from rpo_core.common.batching import to_train_batch
+    from rpo_core.common.types import RolloutBatch, Sample
 
     prompt = tokenizer("What is 2 + 3?")["input_ids"]
     response = tokenizer(" The answer is 5.")["input_ids"]
@@ -37,7 +37,7 @@ def test_sync_makes_vllm_match_the_learner(engine, tiny_model_path, stage):
     before = torch.tensor(engine.sequence_logprobs(prompt, response))
 
     # one real optimizer step: maximise the logprob of the fixed response
-    learner.train_step(tb, lambda logp, mb: (-(logp * mb.loss_mask).sum() / mb.loss_mask.sum(), {"_token_level": True}))
+    learner.train_step(tb, lambda logp, mb: (-(logp * mb.loss_mask).sum() / mb.loss_mask.sum(), {}), token_level=True)
     with torch.no_grad():
         learner_after = response_logprobs(learner.engine, tb, 1.0)[0]
     stale = torch.tensor(engine.sequence_logprobs(prompt, response))

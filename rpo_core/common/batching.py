@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from rpo_core.types import RolloutBatch
+from rpo_core.common.types import RolloutBatch
 
 
 @dataclass
@@ -27,6 +27,7 @@ class TrainBatch:
     staleness: torch.Tensor  # [N] optimizer steps between the policy that generated the sample and the one updated
     group_size: int
     ref_logp: Optional[torch.Tensor] = None  # [N, T] reference-model logprobs (KL penalty)
+    rollout_logp: Optional[torch.Tensor] = None  # [N, T] learner logprobs under the rollout policy (None: one step)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -56,6 +57,11 @@ def to_train_batch(batch: RolloutBatch, pad_id: int, step: int, prefix_in_loss: 
         response_mask[i, :n] = 1
         prefix_mask[i, : s.prefix_len] = 1
         behavior[i, :n] = torch.tensor(s.behavior_logprobs, dtype=torch.float32)
+    rollout = None
+    if all(s.rollout_logprobs is not None for s in samples):
+        rollout = torch.zeros((N, T))
+        for i, s in enumerate(samples):
+            rollout[i, : len(s.rollout_logprobs)] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
     loss_mask = response_mask if prefix_in_loss else response_mask * (1 - prefix_mask)
     return TrainBatch(
         input_ids=input_ids,
@@ -71,4 +77,5 @@ def to_train_batch(batch: RolloutBatch, pad_id: int, step: int, prefix_in_loss: 
         # the policy being updated at `step` has had step - 1 updates; a sample made by it has staleness 0
         staleness=torch.tensor([float(step - 1 - s.policy_step) for s in samples]),
         group_size=batch.group_size,
+        rollout_logp=rollout,
     )

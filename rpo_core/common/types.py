@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, Protocol
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,7 @@ class Sample:
     policy_step: int = 0  # optimizer step of the policy that generated the suffix
     prefix_policy_step: int = 0  # optimizer step of the policy that generated the prefix
     text: str = ""  # decoded response, for the reward only (never re-tokenized)
-
-    @property
-    def generated_len(self) -> int:
-        return len(self.response_ids) - self.prefix_len
+    rollout_logprobs: Optional[list[float]] = None  # the learner's logprobs under the rollout policy (pi_old, mu > 1)
 
 
 @dataclass
@@ -48,9 +47,6 @@ class RolloutBatch:
     @property
     def num_groups(self) -> int:
         return len(self.samples) // self.group_size
-
-    def group(self, g: int) -> list[Sample]:
-        return self.samples[g * self.group_size : (g + 1) * self.group_size]
 
     def select_groups(self, groups: list[int]) -> "RolloutBatch":
         """A sub-batch made of whole groups (advantages need the whole group)."""
@@ -81,3 +77,55 @@ class RolloutBatch:
             reward_parts={k: sum((b.reward_parts.get(k, []) for b in batches), []) for k in keys},
             golds=sum((b.golds for b in batches), []),
         )
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """What to generate for one question: a kept prefix (RPO: of its cached response; empty otherwise) and a budget."""
+
+    prefix_ids: tuple[int, ...] = ()
+    prefix_logprobs: tuple[float, ...] = ()
+    prefix_policy_step: int = 0
+    budget: int = 0  # max new tokens; 0 = nothing to generate (RPO: m = 0 on a finished cached response)
+    finished_without_generation: bool = False  # with budget 0: the prefix itself ended with EOS
+    truncated: int = 0  # RPO's m: tokens dropped from the cached response
+    cache_hit: bool = False  # RPO: the question had a cache entry
+
+
+class RolloutPlanner(Protocol):
+    """Decides what each question's rollout starts from. Full rollouts when RPO is off, partial ones when it is on."""
+
+    def initialize(self, problems: list[Problem], generate: Callable[[list[Problem]], list[Sample]],
+                   batch_size: int, progress: bool, reward: Optional[Callable[[Problem, Sample], float]] = None) -> dict:
+        """Before step 1: whatever the planner needs up front (RPO: the cache); returns its cost report ({} if none)."""
+
+    def plan(self, problems: list[Problem], generator: torch.Generator) -> list[RolloutPlan]:
+        """One plan per problem; `generator` carries the step's randomness (RPO: the truncation draws)."""
+
+    def update(self, batch: RolloutBatch, step: int, generator: torch.Generator) -> int:
+        """After step `step`'s update: remember what this batch taught (RPO: the cache); returns entries written."""
+
+    def metrics(self) -> dict:
+        """What the planner holds, for the step's metrics (RPO: cache_correct_share)."""
+
+    def state(self) -> Optional[dict]:
+        """What a checkpoint must record to roll the planner back to this step (None: stateless)."""
+
+    def restore(self, step: int, state: Optional[dict]) -> None:
+        """Roll back to the state a checkpoint of `step` recorded."""
+
+    def compact(self, oldest_kept_step: int) -> None:
+        """Forget history no kept checkpoint can resume to."""
+
+    def close(self) -> None:
+        """Release files and connections."""
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step of the learner returns."""
+
+    logprobs: torch.Tensor  # [N, T] learner logprobs of the batch's response tokens before the update
+    stats: dict[str, float]  # the loss's statistics, combined over micro-batches (means weighted, max/min reduced)
+    grad_norm: float  # global gradient norm before clipping (nan when the step was skipped)
+    skipped: bool  # True when a non-finite loss made the learner skip the step
