@@ -1,5 +1,6 @@
 # make train : set up .venv (if missing), prepare the model, run the default GRPO training run
-# make test  : set up .venv (if missing) and run the test suite
+# make test  : set up .venv (if missing) and run the test suite: the fast tier and the full end-to-end tier (CI)
+# make test-fast : the fast tier only (unit tests; no end-to-end vLLM + DeepSpeed runs)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,7 +12,7 @@ export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup train test bench clean-cache
+.PHONY: setup train test test-fast bench clean-cache
 
 setup: $(STAMP)
 
@@ -34,6 +35,9 @@ train: setup
 
 test: setup
 	$(VENV)/bin/pytest -q tests $(ARGS)
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not full" tests $(ARGS)
 
 bench: setup
 	$(PY) experiments/bench_rollout.py

@@ -6,6 +6,8 @@ import glob
 import os
 import signal
 import sys
+import threading
+import time
 from typing import Iterable, Sequence
 
 import torch
@@ -122,9 +124,6 @@ def _watch_trainer(worker, trainer_pid: int, trainer_start: str) -> None:
     core (the worker's parent) and the worker itself. Without it they outlive the trainer, reparented to init, holding
     about 4 GB and both cores (measured). vLLM-CPU always spawns its processes, so a parent-death signal set at fork
     time cannot be used; the worker's other siblings exit through vLLM's own death pipe when the core dies."""
-    import threading
-    import time
-
     def watch() -> None:
         while _process_start(trainer_pid) == trainer_start:  # the start time guards against a reused pid
             time.sleep(0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 from rpo_core.common.batching import TrainBatch
@@ -110,8 +111,6 @@ class DeepSpeedLearner:
         # Normalisers over the whole mini-batch, across ranks when each rank holds a shard of it.
         totals = torch.tensor([tb.loss_mask.sum().item(), float(len(tb))])
         if self.world_size > 1:
-            import torch.distributed as dist
-
             dist.all_reduce(totals)
         tokens_total, rows_total = totals[0].clamp(min=1), totals[1].clamp(min=1)
         parts, logps, finite = [], [], True

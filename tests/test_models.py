@@ -100,6 +100,7 @@ def test_user_folder_is_returned_as_is(tiny_model_path):
     assert prepare_model(compose("model=path", f"model.path={tiny_model_path}").model) == tiny_model_path
 
 
+@pytest.mark.full
 def test_vllm_samples_from_the_same_distribution_as_transformers(tiny_model_path):
     """One engine for the file: vLLM's logprob of every sampled token equals transformers' on the same weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -117,13 +117,14 @@ def test_epsilon_one_caches_the_best_and_update_is_one_write(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_path, dist):
+def engine(tiny_model_path, dist):  # the real vLLM engine: only the full tier's test below uses it
     from conftest import compose
     from rollout.vllm_engine import VLLMEngine
 
     return VLLMEngine(tiny_model_path, compose("model=tiny").rollout, seed=0)
 
 
+@pytest.mark.full
 def test_ids_survive_the_engine_round_trip(engine, tiny_model_path):
     """A prefix whose ids are not what the tokenizer would produce from its text: vLLM must condition on the ids."""
     from rollout.base import GenerationRequest

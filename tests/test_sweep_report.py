@@ -1,6 +1,8 @@
 """A two-method, one-seed, two-step Hydra sweep end to end, then `rpo-report` on it."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -8,6 +10,8 @@ from pathlib import Path
 
 from conftest import child_env
 from test_train_e2e import ROOT, SMALL
+
+pytestmark = pytest.mark.full
 
 
 def test_sweep_then_report(tmp_path):

@@ -6,6 +6,8 @@ import torch
 
 from conftest import compose
 
+pytestmark = pytest.mark.full
+
 
 @pytest.fixture(scope="module", params=["subprocess", "inproc"])
 def engine(request, tiny_model_path, dist):
