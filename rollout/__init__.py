@@ -5,6 +5,7 @@ from rollout.vllm_engine import VLLMEngine
 from rpo_core.common.registry import Registry
 
 ENGINES: Registry = Registry("rollout engine")
+PLACEMENTS = ("rank0", "every_rank")  # rollout.placement: which trainer ranks host an engine
 ENGINES.register("vllm")(VLLMEngine)
 ENGINES.register("hf")(HFEngine)
 

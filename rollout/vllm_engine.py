@@ -31,6 +31,8 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_process else "1"
         if not self.in_process:
             os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc with our own worker functions
+        if cfg.get("cpu_reserved_cores") is not None:  # read by the CPU backend's thread binding when the engine starts
+            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(cfg.cpu_reserved_cores)
         # Weights reach vLLM through this file (in shared memory) in both modes.
         self.sync_file = os.path.join(cfg.sync_dir, f"rpo-weights-{os.getpid()}.safetensors")
         self.expected_shapes = checkpoint_shapes(model_path)  # what a sync must deliver, checked before vLLM is touched
@@ -83,21 +85,26 @@ class VLLMEngine:
         return Generation(token_ids=ids, logprobs=lps, finished=c.finish_reason == "stop", text=c.text)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """All-or-nothing reload. Tensors are gathered, checked (finite, and the names and shapes of the model's
-        checkpoint) and written to a staging file before vLLM is touched: any failure up to there is a SyncError and
-        leaves the engine on its weights. vLLM's layerwise reload cannot be rolled back once it starts, so a failure
+        """All-or-nothing reload. Tensors are gathered and checked (finite, and the names and shapes of the model's
+        checkpoint) before vLLM is touched: any failure up to there is a SyncError and leaves the engine on its weights.
+        In-process, vLLM's worker takes the tensors as they are; an engine in its own process reads them from a file in
+        shared memory (`rollout.sync_dir`). vLLM's layerwise reload cannot be rolled back once it starts, so a failure
         inside it is fatal (resume from the last checkpoint)."""
         staged = stage_weights(named_tensors, self.expected_shapes)
-        save_file(staged, self.sync_file)
         count = len(staged)
-        del staged
         try:
-            self.llm.collective_rpc(_reload_from_file, args=(self.sync_file,))
+            if self.in_process:
+                self.llm.collective_rpc(_reload_from_tensors, args=(staged,))
+            else:
+                save_file(staged, self.sync_file)
+                del staged
+                self.llm.collective_rpc(_reload_from_file, args=(self.sync_file,))
             self.llm.collective_rpc(_refresh_tied_lm_head)
         except Exception as e:
             raise RuntimeError(f"vLLM failed inside reload_weights; the engine's weights are undefined: {e}") from e
         finally:
-            os.unlink(self.sync_file)
+            if os.path.exists(self.sync_file):
+                os.unlink(self.sync_file)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         return count
 
@@ -142,8 +149,13 @@ def _process_start(pid: int) -> str:
         return ""
 
 
+def _reload_from_tensors(worker, tensors: dict[str, torch.Tensor]) -> None:
+    """Runs in vLLM's worker in this process (inproc): the staged tensors go straight into reload_weights."""
+    worker.reload_weights(weights_iterator=iter(tensors.items()))
+
+
 def _reload_from_file(worker, path: str) -> None:
-    """Runs inside vLLM's worker (its own process, or ours with inproc): stream a safetensors file into reload_weights."""
+    """Runs inside vLLM's worker in its own process: stream a safetensors file into reload_weights."""
     with safe_open(path, "pt") as f:
         worker.reload_weights(weights_iterator=((name, f.get_tensor(name)) for name in f.keys()))
 

@@ -46,8 +46,8 @@ class Components:
     algorithm: Algorithm
     learner: DeepSpeedLearner
     reference: Optional[ReferenceModel]  # the KL penalty's frozen initial policy (kl_coef > 0)
-    engine: Optional[RolloutEngine]  # rank 0 generates
-    scorer: Optional[object]  # rank 0 scores: RewardScorer (math) or another rewards.SCORERS entry
+    engine: Optional[RolloutEngine]  # rank 0 generates (every rank with rollout.placement=every_rank)
+    scorer: Optional[object]  # where the engine is: RewardScorer (math) or another rewards.SCORERS entry
     planner: Optional[RolloutPlanner]  # rank 0: FullRollout, or PartialRollout when rpo.enabled (it owns the cache)
     logger: Optional[MetricsLogger]  # rank 0 writes metrics.jsonl
     console: Console
@@ -76,18 +76,20 @@ def build_components(cfg: DictConfig) -> Components:
     eval_problems = splits.test[: cfg.trainer.eval_size] if cfg.trainer.eval_size else splits.test
     console.say(f"data {cfg.data.name}: {len(splits.train)} train / {len(splits.test)} test "
                 f"(skipped: {splits.skipped.get('total', 0)})")
-    algorithm = build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens, cfg.rpo.prefix_ratio)
+    algorithm = build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens, cfg.rpo.prefix_ratio,
+                                engine_matches_learner=cfg.rollout.dtype == cfg.learner.dtype)
 
     timer = PhaseTimer()
+    generates = rank == 0 or cfg.rollout.placement == "every_rank"
     with timer("engine"):
-        engine = build_engine(cfg.rollout, model_path, cfg.seed) if rank == 0 else None
+        engine = build_engine(cfg.rollout, model_path, cfg.seed) if generates else None
     console.say(f"rollout engine {cfg.rollout.name} ready in {timer.times['time_engine']:.1f}s")
     with timer("learner"):
         learner = DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, cfg.rollout.temperature, world_size)
     console.say(f"DeepSpeed ZeRO-{cfg.learner.zero_stage} learner ready in {timer.times['time_learner']:.1f}s")
-    reference = (ReferenceModel(model_path, cfg.learner.micro_batch_size, cfg.rollout.temperature)
+    reference = (ReferenceModel(model_path, cfg.learner.micro_batch_size, cfg.rollout.temperature, learner.device)
                  if algorithm.needs_reference else None)
-    scorer = build_scorer(cfg.reward, cfg.data) if rank == 0 else None
+    scorer = build_scorer(cfg.reward, cfg.data) if generates else None
 
     planner, cache_init = None, {}
     if rank == 0:  # the planner (and RPO's cache) lives with the engine

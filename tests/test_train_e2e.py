@@ -19,7 +19,7 @@ pytestmark = pytest.mark.full
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["step", "reward_mean", "accuracy", "rollout_tokens", "time_rollout", "time_reward", "time_train",
-            "time_sync", "time_step", "logprob_mismatch"]
+            "time_sync", "time_step", "logprob_mismatch", "sync_bytes", "peak_rss_gb", "dead_groups"]
 SMALL = ["model=tiny", "data=parity", "trainer.eval_size=8", "algorithm.train_batch_size=4", "rollout.group_size=4",
          "learner.optim.lr=1e-3", "trainer.progress=false"]
 

@@ -32,6 +32,25 @@ class TrainBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device) -> "TrainBatch":
+        """Every tensor on `device` (the learner's): the one place a batch crosses from host to accelerator."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    def trimmed(self) -> "TrainBatch":
+        """The same rows at their own widths: prompt columns cut to the longest prompt among them, response columns
+        to the longest response (a micro-batch need not be padded to the longest row of the whole batch)."""
+        P = self.input_ids.shape[1] - self.response_mask.shape[1]
+        p = int(self.attention_mask[:, :P].sum(1).max()) if len(self) else 0
+        t = max(1, int(self.response_mask.sum(1).max())) if len(self) else 1
+        if p == P and t == self.response_mask.shape[1]:
+            return self
+        cut = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in cut.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 2:
+                cut[name] = value[:, P - p : P + t] if value.shape[1] == P + self.response_mask.shape[1] else value[:, :t]
+        return replace(self, **cut)
+
     def rows(self, start: int, end: int) -> "TrainBatch":
         cut = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in cut.items():

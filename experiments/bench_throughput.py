@@ -1,0 +1,188 @@
+"""Rollout and learner throughput of the default model as a share of this machine's matmul peak, before and after the
+throughput levers, measured side by side in one run.
+
+    python experiments/bench_throughput.py                    # SmolLM2-135M, 8 prompts x 8 samples, both lengths
+    python experiments/bench_throughput.py --prompts 4 --lengths arithmetic
+
+Every measurement runs in a fresh child process (vLLM reads its thread settings when its engine starts; peak memory
+is per process), one after the other so they never share the cores. Settings compared:
+
+  rollout  fp32/reserve1  the old defaults: fp32 engine, vLLM-CPU keeps one core for its scheduler
+           fp32/reserve0  rollout.cpu_reserved_cores=0: the model's threads on every core
+           bf16/reserve0  rollout.dtype=bfloat16 as well (the mismatch to an fp32 learner is printed)
+           hf             transformers generate (fp32), for the vLLM / HF ratio
+  learner  fp32/full      fp32, the [N, T, vocab] logits at once (learner.logprob_chunk=0)
+           fp32/chunk     learner.logprob_chunk=64
+           bf16/chunk     learner.dtype=bfloat16 as well
+
+FLOPs are counted as 2 x parameters per generated token (rollout) and 6 x parameters per trained token (learner:
+forward and backward; attention's share is small at these lengths), and divided by the fp32 / bf16 GEMM peak measured
+here at the start."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LENGTHS = {"arithmetic": ["data=arithmetic"], "gsm8k": ["data=gsm8k", "data.max_new_tokens=128"]}
+ROLLOUTS = {"fp32/reserve1": {"dtype": "float32", "reserved": None}, "fp32/reserve0": {"dtype": "float32", "reserved": 0},
+            "bf16/reserve0": {"dtype": "bfloat16", "reserved": 0}, "hf": {"dtype": "float32", "engine": "hf"}}
+LEARNERS = {"fp32/full": {"dtype": "float32", "chunk": 0}, "fp32/chunk": {"dtype": "float32", "chunk": 64},
+            "bf16/chunk": {"dtype": "bfloat16", "chunk": 64}}
+
+
+def gemm_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    """FLOP/s of an n x n matmul on every core, in `dtype`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+# ------------------------------------------------------------------------------------------- child processes
+def rollout_child(overrides: list[str], setting: dict, n_prompts: int, out: Path) -> None:
+    from rpo_core.distributed import configure_environment, init_distributed
+
+    if setting.get("reserved") is not None:
+        overrides = [*overrides, f"rollout.cpu_reserved_cores={setting['reserved']}"]
+    cfg = compose([*overrides, f"rollout={setting.get('engine', 'vllm')}", f"rollout.dtype={setting['dtype']}"])
+    configure_environment("cpu")
+    init_distributed("gloo")
+    from transformers import AutoTokenizer
+
+    from rollout import GenerationRequest, build_engine
+    from rpo_core.common.types import RolloutBatch, Sample
+    from rpo_core.data import load_problems
+    from rpo_core.models import prepare_model
+
+    path = prepare_model(cfg.model)
+    problems = load_problems(cfg.data, AutoTokenizer.from_pretrained(path)).train[:n_prompts]
+    G, budget = cfg.rollout.group_size, cfg.rollout.max_new_tokens
+    requests = [GenerationRequest(list(p.prompt_ids), G, budget, seed=i) for i, p in enumerate(problems)]
+    engine = build_engine(cfg.rollout, path, cfg.seed)
+    engine.generate(requests[:1], 1.0)  # warm-up
+    start = time.perf_counter()
+    groups = engine.generate(requests, 1.0)
+    seconds = time.perf_counter() - start
+    samples = [Sample(uid=p.uid, prompt_ids=list(p.prompt_ids), response_ids=g.token_ids, behavior_logprobs=g.logprobs)
+               for p, group in zip(problems, groups) for g in group]
+    torch.save(RolloutBatch(samples, G, rewards=[float(i % 2) for i in range(len(samples))]), out.with_suffix(".pt"))
+    tokens = sum(len(s.response_ids) for s in samples)
+    out.write_text(json.dumps({"tokens": tokens, "seconds": seconds, "params": _params(path)}))
+    engine.close()
+    os._exit(0)  # vLLM's engine process goes with us (no slow interpreter teardown)
+
+
+def learner_child(overrides: list[str], setting: dict, batch_file: Path, out: Path) -> None:
+    from rpo_core.distributed import configure_environment, init_distributed
+
+    cfg = compose([*overrides, f"learner.dtype={setting['dtype']}", f"learner.logprob_chunk={setting['chunk']}"])
+    configure_environment("cpu")
+    init_distributed("gloo")
+    from algorithms import build_algorithm
+    from rpo_core.common.batching import to_train_batch
+    from rpo_core.learner import DeepSpeedLearner
+    from rpo_core.metrics import peak_memory_gb, reset_peak_memory
+    from rpo_core.models import prepare_model
+
+    path = prepare_model(cfg.model)
+    batch = torch.load(batch_file, weights_only=False)
+    learner = DeepSpeedLearner(path, cfg.learner, cfg.learner.optim, 1.0)
+    algorithm = build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
+    tb = algorithm.prepare(to_train_batch(batch, 0, step=1))
+    reset_peak_memory()
+    start = time.perf_counter()
+    result = learner.train_step(tb, algorithm.loss, algorithm.token_level)
+    seconds = time.perf_counter() - start
+    fresh = tb.response_mask
+    mismatch = float(((result.logprobs - tb.behavior_logp).abs() * fresh).sum() / fresh.sum())
+    tokens = int(tb.attention_mask.sum())  # prompt + response tokens forwarded and back-propagated
+    out.write_text(json.dumps({"tokens": tokens, "seconds": seconds, "peak_gb": peak_memory_gb(),
+                               "mismatch": mismatch, "params": _params(path)}))
+
+
+def _params(path: str) -> int:
+    from rollout.vllm_engine import checkpoint_shapes
+
+    return sum(int(torch.tensor(shape).prod()) for name, shape in checkpoint_shapes(path).items())
+
+
+def run_child(kind: str, *args: str) -> dict:
+    out = Path(args[-1])
+    cmd = [sys.executable, __file__, "--child", kind, *args]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+# ------------------------------------------------------------------------------------------------- report
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--lengths", nargs="+", default=list(LENGTHS), choices=list(LENGTHS))
+    ap.add_argument("--work", default="/tmp/rpo-bench-throughput")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "rollout":
+            rollout_child(json.loads(rest[0]), json.loads(rest[1]), int(rest[2]), Path(rest[3]))
+        else:
+            learner_child(json.loads(rest[0]), json.loads(rest[1]), Path(rest[2]), Path(rest[3]))
+        return
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    peak = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
+    print(f"GEMM peak on {torch.get_num_threads()} threads: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+    for length in args.lengths:
+        overrides = ["model=smollm2_135m", *LENGTHS[length], "rollout.group_size=8"]
+        print(f"\n== {length}: {args.prompts} prompts x 8 samples, up to {compose(overrides).rollout.max_new_tokens} "
+              f"new tokens")
+        print(f"{'rollout':16} {'tokens':>7} {'s':>7} {'tok/s':>8} {'x old':>6} {'% peak':>7}")
+        rollouts = {}
+        for name, setting in ROLLOUTS.items():
+            r = run_child("rollout", json.dumps(overrides), json.dumps(setting), str(args.prompts),
+                          str(work / f"{length}-{name.replace('/', '_')}.json"))
+            r["tps"] = r["tokens"] / r["seconds"]
+            rollouts[name] = r
+            share = 2 * r["params"] * r["tps"] / peak["bf16" if setting["dtype"] == "bfloat16" else "fp32"]
+            print(f"{name:16} {r['tokens']:7d} {r['seconds']:7.1f} {r['tps']:8.1f} "
+                  f"{r['tps'] / rollouts['fp32/reserve1']['tps']:6.2f} {100 * share:6.1f}%")
+        print(f"vLLM (old defaults) / HF generate: {rollouts['fp32/reserve1']['tps'] / rollouts['hf']['tps']:.2f}x; "
+              f"vLLM (best) / HF: {max(r['tps'] for n, r in rollouts.items() if n != 'hf') / rollouts['hf']['tps']:.2f}x")
+        batch = work / f"{length}-fp32_reserve1.pt"  # the same fp32-engine rollouts for every learner setting
+        print(f"{'learner':16} {'tokens':>7} {'s':>7} {'tok/s':>8} {'x old':>6} {'% peak':>7} {'peak GB':>8} {'mismatch':>9}")
+        learners = {}
+        for name, setting in LEARNERS.items():
+            r = run_child("learner", json.dumps(overrides), json.dumps(setting), str(batch),
+                          str(work / f"{length}-learner-{name.replace('/', '_')}.json"))
+            r["tps"] = r["tokens"] / r["seconds"]
+            learners[name] = r
+            share = 6 * r["params"] * r["tps"] / peak["bf16" if setting["dtype"] == "bfloat16" else "fp32"]
+            print(f"{name:16} {r['tokens']:7d} {r['seconds']:7.1f} {r['tps']:8.1f} "
+                  f"{r['tps'] / learners['fp32/full']['tps']:6.2f} {100 * share:6.1f}% {r['peak_gb']:8.2f} "
+                  f"{r['mismatch']:9.4f}")
+
+
+if __name__ == "__main__":
+    main()
