@@ -173,9 +173,12 @@ def update_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
     tb = c.algorithm.prepare(tb)
     result = c.learner.train_step(tb, c.algorithm.loss, c.algorithm.token_level)
     pause_point("update", step)  # weights updated; engine, cache, metrics and checkpoint not yet
-    fresh = tb.response_mask * (1 - tb.prefix_mask)  # vLLM vs learner on the freshly generated tokens, before this update
+    # vLLM vs learner on the freshly generated tokens, both under the policy that generated them (with several steps per
+    # rollout: the learner's logprobs taken before the first; RAPID's later steps also see the policy's drift)
+    learner_logp = tb.rollout_logp if tb.rollout_logp is not None else result.logprobs
+    fresh = tb.response_mask * (1 - tb.prefix_mask)
     return {**result.stats, "grad_norm": result.grad_norm, "update_skipped": float(result.skipped),
-            "logprob_mismatch": float(((result.logprobs - tb.behavior_logp).abs() * fresh).sum() / fresh.sum().clamp(min=1)),
+            "logprob_mismatch": float(((learner_logp - tb.behavior_logp).abs() * fresh).sum() / fresh.sum().clamp(min=1)),
             "response_len_mean": float(tb.response_mask.sum(1).mean()), "advantage_abs_mean": float(tb.advantages.abs().mean())}
 
 
