@@ -35,14 +35,15 @@ def time_engine(engine, requests, temperature: float) -> tuple[float, int]:
     return seconds, sum(len(g.token_ids) for group in groups for g in group)
 
 
-def throughput(cfg, n_prompts: int) -> None:
+def rollout_requests(cfg, n_prompts: int):
+    """(model folder, problems, one seeded request of G samples per problem) for the first n training prompts, in a
+    process set up the way rpo-train sets itself up."""
     from rpo_core.distributed import configure_environment, init_distributed
 
     configure_environment("cpu")
     init_distributed("gloo")
     from transformers import AutoTokenizer
 
-    from rollout import build_engine
     from rollout.base import GenerationRequest
     from rpo_core.data import load_problems
     from rpo_core.models import prepare_model
@@ -50,7 +51,14 @@ def throughput(cfg, n_prompts: int) -> None:
     path = prepare_model(cfg.model)
     problems = load_problems(cfg.data, AutoTokenizer.from_pretrained(path)).train[:n_prompts]
     G, budget = cfg.rollout.group_size, cfg.rollout.max_new_tokens
-    requests = [GenerationRequest(list(p.prompt_ids), G, budget, seed=i) for i, p in enumerate(problems)]
+    return path, problems, [GenerationRequest(list(p.prompt_ids), G, budget, seed=i) for i, p in enumerate(problems)]
+
+
+def throughput(cfg, n_prompts: int) -> None:
+    from rollout import build_engine
+
+    path, problems, requests = rollout_requests(cfg, n_prompts)
+    G, budget = cfg.rollout.group_size, cfg.rollout.max_new_tokens
     rows = []
     for name in ("vllm", "hf"):
         engine_cfg = compose([f"model={cfg.model.name}", f"rollout={name}"]).rollout

@@ -60,24 +60,15 @@ def compose(overrides):
 
 # ------------------------------------------------------------------------------------------- child processes
 def rollout_child(overrides: list[str], setting: dict, n_prompts: int, out: Path) -> None:
-    from rpo_core.distributed import configure_environment, init_distributed
-
-    if setting.get("reserved") is not None:
-        overrides = [*overrides, f"rollout.cpu_reserved_cores={setting['reserved']}"]
-    cfg = compose([*overrides, f"rollout={setting.get('engine', 'vllm')}", f"rollout.dtype={setting['dtype']}"])
-    configure_environment("cpu")
-    init_distributed("gloo")
-    from transformers import AutoTokenizer
-
-    from rollout import GenerationRequest, build_engine
+    from experiments.bench_rollout import rollout_requests
+    from rollout import build_engine
     from rpo_core.common.types import RolloutBatch, Sample
-    from rpo_core.data import load_problems
-    from rpo_core.models import prepare_model
 
-    path = prepare_model(cfg.model)
-    problems = load_problems(cfg.data, AutoTokenizer.from_pretrained(path)).train[:n_prompts]
-    G, budget = cfg.rollout.group_size, cfg.rollout.max_new_tokens
-    requests = [GenerationRequest(list(p.prompt_ids), G, budget, seed=i) for i, p in enumerate(problems)]
+    reserved = "null" if setting.get("reserved") is None else setting["reserved"]  # null: vLLM's own default
+    cfg = compose([*overrides, f"rollout={setting.get('engine', 'vllm')}", f"rollout.dtype={setting['dtype']}",
+                   f"rollout.cpu_reserved_cores={reserved}"])
+    path, problems, requests = rollout_requests(cfg, n_prompts)
+    G = cfg.rollout.group_size
     engine = build_engine(cfg.rollout, path, cfg.seed)
     engine.generate(requests[:1], 1.0)  # warm-up
     start = time.perf_counter()

@@ -85,6 +85,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"learner.optim.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.99]")
     boolean(cfg, "learner.gradient_checkpointing")
     integer(cfg, "learner.logprob_chunk", 0)
+    boolean(cfg, "learner.shared_prefix")
     # algorithm: each class checks its own options
     ALGORITHMS.get(cfg.algorithm.name).validate(cfg)
     # rpo

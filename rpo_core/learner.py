@@ -42,6 +42,68 @@ def response_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 0)
     return torch.cat(parts, dim=1) * tb.response_mask
 
 
+def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 64) -> torch.Tensor:
+    """response_logprobs computed one group at a time, with the tokens the G samples share forwarded once: the prompt,
+    and under RPO the kept prefix of the cached response. Exact (same values and gradients as the padded computation).
+
+    Each group becomes one packed row [shared, suffix_1, ..., suffix_G] with a block attention mask (a suffix sees the
+    shared tokens and its own earlier tokens) and positions that continue the shared part in every suffix, so the
+    backward runs through the shared tokens once, accumulating what every suffix sends back. The rows of `tb` must be
+    whole groups."""
+    hf = getattr(model, "module", model)
+    G, T = tb.group_size, tb.response_mask.shape[1]
+    P = tb.input_ids.shape[1] - T
+    out = []
+    for g in range(0, len(tb), G):
+        rows = range(g, g + G)
+        seqs = [tb.input_ids[i][tb.attention_mask[i].bool()] for i in rows]  # prompt + response, unpadded
+        plen = int(tb.attention_mask[g, :P].sum())
+        shared = _common_prefix(seqs)
+        shared = min(shared, min(len(s) for s in seqs) - 1)  # every row keeps at least one token of its own
+        suffixes = [s[shared:] for s in seqs]
+        ids = torch.cat([seqs[0][:shared], *suffixes])[None]
+        positions = torch.cat([torch.arange(shared), *[torch.arange(shared, len(s)) for s in seqs]])[None]
+        mask = _packed_mask(shared, [len(s) for s in suffixes], _float_dtype(hf))
+        hidden = hf.get_decoder()(input_ids=ids.to(tb.input_ids.device), attention_mask=mask.to(tb.input_ids.device),
+                                  position_ids=positions.to(tb.input_ids.device), use_cache=False).last_hidden_state[0]
+        # response token j of row i sits at position plen + j; the hidden state before it predicts it
+        starts = torch.tensor([shared + sum(len(x) for x in suffixes[:k]) for k in range(G)])
+        before = torch.arange(plen - 1, plen - 1 + T)  # absolute position of the predicting token
+        index = torch.where(before[None] < shared, before[None], starts[:, None] + (before[None] - shared))
+        valid = tb.response_mask[g : g + G].bool()
+        index = torch.where(valid, index, torch.zeros_like(index)).to(hidden.device)
+        targets = tb.input_ids[g : g + G, P:]
+        head, chosen = hf.get_output_embeddings(), hidden[index]  # [G, T, H]: shared states repeat, gradients add up
+        parts = []
+        for s in range(0, T, chunk or T):
+            args = (head, chosen[:, s : s + (chunk or T)], targets[:, s : s + (chunk or T)], temperature)
+            parts.append(checkpoint(_head_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+                         else _head_logprobs(*args))
+        out.append(torch.cat(parts, dim=1) * tb.response_mask[g : g + G])
+    return torch.cat(out)
+
+
+def _common_prefix(seqs: list[torch.Tensor]) -> int:
+    n = min(len(s) for s in seqs)
+    same = torch.stack([s[:n] for s in seqs]).eq(seqs[0][:n]).all(dim=0)
+    return int(n if same.all() else same.int().argmin())
+
+
+def _packed_mask(shared: int, lengths: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """[1, 1, L, L] additive mask of a packed row: causal inside the shared part and inside each suffix, and every
+    suffix sees the whole shared part; nothing else."""
+    L = shared + sum(lengths)
+    segment = torch.cat([torch.zeros(shared, dtype=torch.long)] +
+                        [torch.full((n,), k + 1, dtype=torch.long) for k, n in enumerate(lengths)])
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    allowed = causal & ((segment[:, None] == segment[None]) | (segment[None] == 0))
+    return torch.zeros(L, L, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def _float_dtype(model) -> torch.dtype:
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
 def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
     return _token_logprobs(head(hidden), targets, temperature)
 
@@ -124,8 +186,21 @@ class DeepSpeedLearner:
 
     def logprobs(self, tb: TrainBatch) -> torch.Tensor:
         """The current policy's logprobs of the batch, no gradient (pi_old before several steps on one rollout)."""
-        return batched_logprobs(self.engine, tb, self.cfg.micro_batch_size, self.temperature, self.cfg.logprob_chunk,
-                                self.device)
+        with torch.no_grad():
+            return _cat_padded([self._logprobs(tb.rows(i, i + n).to(self.device)).cpu()
+                                for i, n in self._micro_batches(tb)], width=tb.response_mask.shape[1])
+
+    def _logprobs(self, micro: TrainBatch) -> torch.Tensor:
+        if self.cfg.shared_prefix:
+            return shared_prefix_logprobs(self.engine, micro, self.temperature, self.cfg.logprob_chunk)
+        return response_logprobs(self.engine, micro, self.temperature, self.cfg.logprob_chunk)
+
+    def _micro_batches(self, tb: TrainBatch) -> list[tuple[int, int]]:
+        """(first row, rows) of each micro-batch: micro_batch_size rows, or whole groups with shared_prefix."""
+        n = self.cfg.micro_batch_size
+        if self.cfg.shared_prefix:
+            n = max(1, n // tb.group_size) * tb.group_size
+        return [(i, n) for i in range(0, len(tb), n)]
 
     def train_step(self, tb: TrainBatch, loss_fn: LossFn, token_level: bool) -> StepResult:
         """One optimizer step on `tb`: gradients accumulated over micro-batches, each weighted by its share.
@@ -133,17 +208,15 @@ class DeepSpeedLearner:
         loss_fn(logp, micro) must return the loss of `micro` normalised as if it were the whole batch; we weight it by
         the micro-batch's share (token share when the loss is a token mean, row share otherwise), which makes the sum of
         the micro losses equal the full-batch loss exactly."""
-        mb = self.cfg.micro_batch_size
         # Normalisers over the whole mini-batch, across ranks when each rank holds a shard of it.
         totals = torch.tensor([tb.loss_mask.sum().item(), float(len(tb))], device=self.device)  # nccl: on the GPU
         if self.world_size > 1:
             dist.all_reduce(totals)
         tokens_total, rows_total = totals[0].clamp(min=1).item(), totals[1].clamp(min=1).item()
         parts, logps, finite = [], [], True
-        for i in range(0, len(tb), mb):
-            micro = tb.rows(i, i + mb)
-            micro = micro.trimmed().to(self.device)
-            logp = response_logprobs(self.engine, micro, self.temperature, self.cfg.logprob_chunk)
+        for i, n in self._micro_batches(tb):
+            micro = tb.rows(i, i + n).trimmed().to(self.device)
+            logp = self._logprobs(micro)
             loss, stats = loss_fn(logp, micro)
             share = float(micro.loss_mask.sum().item() / tokens_total if token_level else len(micro) / rows_total)
             logps.append(logp.detach().cpu())

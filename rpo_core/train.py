@@ -149,12 +149,11 @@ def rollout_logp_phase(c: Components, minibatches: list[RolloutBatch]) -> None:
     every sample's (so the checkpointed pending mini-batches are complete)."""
     mine = {}
     for k, mb in enumerate(minibatches):
-        part = shard(c, mb)
-        if part.num_groups == 0:
+        groups, G = shard_groups(c, mb.num_groups), mb.group_size
+        if not groups:
             continue
-        logp = c.learner.logprobs(to_train_batch(part, c.pad_id, step=0))
-        rows = [i for g in range(c.rank, mb.num_groups, c.world_size) for i in range(g * mb.group_size, (g + 1) * mb.group_size)]
-        for row, i in enumerate(rows):
+        logp = c.learner.logprobs(to_train_batch(mb.select_groups(groups), c.pad_id, step=0))
+        for row, i in enumerate(g * G + j for g in groups for j in range(G)):
             mine[(k, i)] = logp[row, : len(mb.samples[i].response_ids)].tolist()
     parts = [mine]
     if c.world_size > 1:
@@ -177,14 +176,19 @@ def update_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
     # rollout: the learner's logprobs taken before the first; RAPID's later steps also see the policy's drift)
     learner_logp = tb.rollout_logp if tb.rollout_logp is not None else result.logprobs
     fresh = tb.response_mask * (1 - tb.prefix_mask)
+    mismatch = ((learner_logp - tb.behavior_logp).abs() * fresh).sum() / fresh.sum().clamp(min=1)
     return {**result.stats, "grad_norm": result.grad_norm, "update_skipped": float(result.skipped),
-            "logprob_mismatch": float(((learner_logp - tb.behavior_logp).abs() * fresh).sum() / fresh.sum().clamp(min=1)),
-            "response_len_mean": float(tb.response_mask.sum(1).mean()), "advantage_abs_mean": float(tb.advantages.abs().mean())}
+            "logprob_mismatch": float(mismatch), "response_len_mean": float(tb.response_mask.sum(1).mean()),
+            "advantage_abs_mean": float(tb.advantages.abs().mean())}
+
+
+def shard_groups(c: Components, num_groups: int) -> list[int]:
+    """This rank's groups of a mini-batch: whole groups, round-robin (advantages need the whole group)."""
+    return list(range(c.rank, num_groups, c.world_size))
 
 
 def shard(c: Components, batch: RolloutBatch) -> RolloutBatch:
-    """This rank's share of a mini-batch: whole groups, round-robin (advantages need the whole group)."""
-    return batch if c.world_size == 1 else batch.select_groups(list(range(c.rank, batch.num_groups, c.world_size)))
+    return batch if c.world_size == 1 else batch.select_groups(shard_groups(c, batch.num_groups))
 
 
 def sync_phase(c: Components, state: TrainState) -> dict:

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from rpo_core.common.batching import to_train_batch
 from rpo_core.common.types import RolloutBatch, Sample
-from rpo_core.learner import combine_stats, response_logprobs
+from rpo_core.learner import combine_stats, response_logprobs, shared_prefix_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,28 @@ def test_a_batch_moves_to_the_learner_device_whole():
     tensors = [f.name for f in fields(moved) if isinstance(getattr(moved, f.name), torch.Tensor)]
     assert len(tensors) == 13 and all(getattr(moved, name).device.type == "meta" for name in tensors)
     assert moved.group_size == tb.group_size
+
+
+def test_shared_prefix_forward_is_exact(model):
+    """Groups of 3 sharing their prompt (group 0) and, as under RPO, 4 kept response tokens (group 1): forwarding the
+    shared tokens once per group gives the padded computation's logprobs and gradients."""
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for q in range(2):
+        prompt = torch.randint(0, 1000, (5 + 3 * q,), generator=g).tolist()
+        prefix = torch.randint(0, 1000, (4 * q,), generator=g).tolist()
+        for i in range(3):
+            response = prefix + torch.randint(0, 1000, (2 + i,), generator=g).tolist()
+            samples.append(Sample(uid=str(q), prompt_ids=prompt, response_ids=response,
+                                  behavior_logprobs=[0.0] * len(response), prefix_len=len(prefix)))
+    tb = to_train_batch(RolloutBatch(samples, group_size=3, rewards=[1.0, 0.0] * 3), pad_id=0, step=1)
+    results = []
+    for fn in (lambda: response_logprobs(model, tb, 0.7), lambda: shared_prefix_logprobs(model, tb, 0.7, chunk=2)):
+        model.zero_grad()
+        logp = fn()
+        (logp * torch.arange(1, logp.numel() + 1, dtype=logp.dtype).view_as(logp)).sum().backward()
+        results.append((logp.detach(), [p.grad.clone() for p in model.parameters()]))
+    (plain, plain_grads), (shared, shared_grads) = results
+    assert (plain != 0).sum() == tb.response_mask.sum() and torch.allclose(plain, shared, atol=1e-5)
+    worst = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(plain_grads, shared_grads))
+    assert worst < 1e-5, worst
