@@ -14,10 +14,13 @@ is per process), one after the other so they never share the cores. Settings com
   learner  fp32/full      fp32, the [N, T, vocab] logits at once (learner.logprob_chunk=0)
            fp32/chunk     learner.logprob_chunk=64
            bf16/chunk     learner.dtype=bfloat16 as well
+           */shared       learner.shared_prefix=true: each group's shared tokens forwarded once
+           rpo:*          the same rollouts shaped as RPO trains on them (80% of a response kept as the shared prefix)
 
 FLOPs are counted as 2 x parameters per generated token (rollout) and 6 x parameters per trained token (learner:
 forward and backward; attention's share is small at these lengths), and divided by the fp32 / bf16 GEMM peak measured
-here at the start."""
+here at the start. Learner tokens are every prompt and response token of the batch, so tokens/s is the work done per
+second whether or not shared tokens are forwarded once; the per-micro-batch trimming of padding is always on."""
 from __future__ import annotations
 
 import argparse
@@ -37,7 +40,10 @@ LENGTHS = {"arithmetic": ["data=arithmetic"], "gsm8k": ["data=gsm8k", "data.max_
 ROLLOUTS = {"fp32/reserve1": {"dtype": "float32", "reserved": None}, "fp32/reserve0": {"dtype": "float32", "reserved": 0},
             "bf16/reserve0": {"dtype": "bfloat16", "reserved": 0}, "hf": {"dtype": "float32", "engine": "hf"}}
 LEARNERS = {"fp32/full": {"dtype": "float32", "chunk": 0}, "fp32/chunk": {"dtype": "float32", "chunk": 64},
-            "bf16/chunk": {"dtype": "bfloat16", "chunk": 64}}
+            "bf16/chunk": {"dtype": "bfloat16", "chunk": 64},
+            "fp32/chunk/shared": {"dtype": "float32", "chunk": 64, "shared": True},
+            "bf16/chunk/shared": {"dtype": "bfloat16", "chunk": 64, "shared": True}}
+RPO_KEEP = 0.8  # the RPO-shaped batch: every sample of a group keeps the first 80% of one response (L ~ 20%)
 
 
 def gemm_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
@@ -86,7 +92,8 @@ def rollout_child(overrides: list[str], setting: dict, n_prompts: int, out: Path
 def learner_child(overrides: list[str], setting: dict, batch_file: Path, out: Path) -> None:
     from rpo_core.distributed import configure_environment, init_distributed
 
-    cfg = compose([*overrides, f"learner.dtype={setting['dtype']}", f"learner.logprob_chunk={setting['chunk']}"])
+    cfg = compose([*overrides, f"learner.dtype={setting['dtype']}", f"learner.logprob_chunk={setting['chunk']}",
+                   f"learner.shared_prefix={str(setting.get('shared', False)).lower()}"])
     configure_environment("cpu")
     init_distributed("gloo")
     from algorithms import build_algorithm
@@ -97,6 +104,8 @@ def learner_child(overrides: list[str], setting: dict, batch_file: Path, out: Pa
 
     path = prepare_model(cfg.model)
     batch = torch.load(batch_file, weights_only=False)
+    if setting.get("rpo"):
+        batch = rpo_shaped(batch)
     learner = DeepSpeedLearner(path, cfg.learner, cfg.learner.optim, 1.0)
     algorithm = build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
     tb = algorithm.prepare(to_train_batch(batch, 0, step=1))
@@ -109,6 +118,22 @@ def learner_child(overrides: list[str], setting: dict, batch_file: Path, out: Pa
     tokens = int(tb.attention_mask.sum())  # prompt + response tokens forwarded and back-propagated
     out.write_text(json.dumps({"tokens": tokens, "seconds": seconds, "peak_gb": peak_memory_gb(),
                                "mismatch": mismatch, "params": _params(path)}))
+
+
+def rpo_shaped(batch):
+    """The same rollouts as RPO would train on them: each group's samples share the first RPO_KEEP of the group's
+    first response (the kept prefix) and continue with their own tokens for the rest of that length."""
+    from rpo_core.common.types import Sample
+
+    G, samples = batch.group_size, []
+    for g in range(0, len(batch.samples), G):
+        cached = batch.samples[g].response_ids
+        keep = int(RPO_KEEP * len(cached))
+        for s in batch.samples[g : g + G]:
+            response = cached[:keep] + s.response_ids[: max(1, len(cached) - keep)]
+            samples.append(Sample(uid=s.uid, prompt_ids=s.prompt_ids, response_ids=response, prefix_len=keep,
+                                  behavior_logprobs=[0.0] * len(response)))
+    return type(batch)(samples, G, rewards=batch.rewards)
 
 
 def _params(path: str) -> int:
@@ -162,17 +187,23 @@ def main() -> None:
         print(f"vLLM (old defaults) / HF generate: {rollouts['fp32/reserve1']['tps'] / rollouts['hf']['tps']:.2f}x; "
               f"vLLM (best) / HF: {max(r['tps'] for n, r in rollouts.items() if n != 'hf') / rollouts['hf']['tps']:.2f}x")
         batch = work / f"{length}-fp32_reserve1.pt"  # the same fp32-engine rollouts for every learner setting
-        print(f"{'learner':16} {'tokens':>7} {'s':>7} {'tok/s':>8} {'x old':>6} {'% peak':>7} {'peak GB':>8} {'mismatch':>9}")
+        print(f"{'learner':22} {'tokens':>7} {'s':>7} {'tok/s':>8} {'x old':>6} {'% peak':>7} {'peak GB':>8} {'mismatch':>9}")
         learners = {}
-        for name, setting in LEARNERS.items():
+        runs = [*LEARNERS.items(), *((f"rpo:{n}", {**LEARNERS[n], "rpo": True})
+                                     for n in ("fp32/chunk", "fp32/chunk/shared", "bf16/chunk/shared"))]
+        for name, setting in runs:
             r = run_child("learner", json.dumps(overrides), json.dumps(setting), str(batch),
-                          str(work / f"{length}-learner-{name.replace('/', '_')}.json"))
+                          str(work / f"{length}-learner-{name.replace('/', '_').replace(':', '_')}.json"))
             r["tps"] = r["tokens"] / r["seconds"]
             learners[name] = r
             share = 6 * r["params"] * r["tps"] / peak["bf16" if setting["dtype"] == "bfloat16" else "fp32"]
-            print(f"{name:16} {r['tokens']:7d} {r['seconds']:7.1f} {r['tps']:8.1f} "
+            print(f"{name:22} {r['tokens']:7d} {r['seconds']:7.1f} {r['tps']:8.1f} "
                   f"{r['tps'] / learners['fp32/full']['tps']:6.2f} {100 * share:6.1f}% {r['peak_gb']:8.2f} "
                   f"{r['mismatch']:9.4f}")
+        print(f"learner time per step, RPO-shaped batch vs the GRPO batch (fp32/chunk): plain "
+              f"{learners['rpo:fp32/chunk']['seconds'] / learners['fp32/chunk']['seconds']:.2f}x, shared prefix "
+              f"{learners['rpo:fp32/chunk/shared']['seconds'] / learners['fp32/chunk']['seconds']:.2f}x, shared prefix "
+              f"bf16 {learners['rpo:bf16/chunk/shared']['seconds'] / learners['fp32/chunk']['seconds']:.2f}x")
 
 
 if __name__ == "__main__":
