@@ -6,7 +6,6 @@ On the parity task every step has nonzero gradients, so a resume that lost the o
 data position ends on different weights. A killed trainer must leave no process behind (its vLLM engine included)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

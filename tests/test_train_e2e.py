@@ -4,7 +4,6 @@ nonzero advantages, and each test checks that the policy moved."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
