@@ -32,24 +32,40 @@ RESULT = "Compute {question}. Reply with only the result."
 ANSWER_LINE = "What is {question}? End your reply with 'Answer: <number>'."
 EQUALS = "{question} ="
 CALCULATOR = "You are a calculator. Reply with only the number."
+STEPS = "Compute {question} step by step, then give the final number on the last line as 'Answer: <number>'."
 
-# name -> (overrides of conf/data/arithmetic.yaml, answer_style)
+# name -> (conf/data/<config>.yaml, overrides of it, answer_style)
 CANDIDATES = {
-    "add1_just": ({"digits": 1, "operations": ["+"], "prompt_template": JUST}, "last_number"),
-    "add2_just": ({"digits": 2, "operations": ["+"], "prompt_template": JUST}, "last_number"),
-    "add2_result": ({"digits": 2, "operations": ["+"], "prompt_template": RESULT}, "last_number"),
-    "add2_equals": ({"digits": 2, "operations": ["+"], "prompt_template": EQUALS}, "last_number"),
-    "add2_answerline": ({"digits": 2, "operations": ["+"], "prompt_template": ANSWER_LINE}, "answer_line"),
-    "addsub2_just": ({"digits": 2, "operations": ["+", "-"], "prompt_template": JUST}, "last_number"),
-    "mul1_just": ({"digits": 1, "operations": ["*"], "prompt_template": JUST}, "last_number"),
-    "add3x1_just": ({"digits": 1, "operations": ["+"], "num_operands": 3, "prompt_template": JUST}, "last_number"),
-    "addsub3x1_just": ({"digits": 1, "operations": ["+", "-"], "num_operands": 3, "prompt_template": JUST},
+    "add1_just": ("arithmetic", {"digits": 1, "operations": ["+"], "prompt_template": JUST}, "last_number"),
+    "add2_just": ("arithmetic", {"digits": 2, "operations": ["+"], "prompt_template": JUST}, "last_number"),
+    "add2_result": ("arithmetic", {"digits": 2, "operations": ["+"], "prompt_template": RESULT}, "last_number"),
+    "add2_equals": ("arithmetic", {"digits": 2, "operations": ["+"], "prompt_template": EQUALS}, "last_number"),
+    "add2_answerline": ("arithmetic", {"digits": 2, "operations": ["+"], "prompt_template": ANSWER_LINE}, "answer_line"),
+    "addsub2_just": ("arithmetic", {"digits": 2, "operations": ["+", "-"], "prompt_template": JUST}, "last_number"),
+    "mul1_just": ("arithmetic", {"digits": 1, "operations": ["*"], "prompt_template": JUST}, "last_number"),
+    "add3x1_just": ("arithmetic", {"digits": 1, "operations": ["+"], "num_operands": 3, "prompt_template": JUST}, "last_number"),
+    "addsub3x1_just": ("arithmetic", {"digits": 1, "operations": ["+", "-"], "num_operands": 3, "prompt_template": JUST},
                        "last_number"),
-    "add1_sys": ({"digits": 1, "operations": ["+"], "prompt_template": JUST, "system_prompt": CALCULATOR}, "last_number"),
-    "add0to20_just": ({"max_operand": 20, "operations": ["+"], "prompt_template": JUST}, "last_number"),
-    "add1_answerline": ({"digits": 1, "operations": ["+"], "prompt_template": ANSWER_LINE}, "answer_line"),
-    "addmul1_just": ({"digits": 1, "operations": ["+", "*"], "prompt_template": JUST}, "last_number"),
-    "addsubmul1_just": ({"digits": 1, "operations": ["+", "-", "*"], "prompt_template": JUST}, "last_number"),
+    "add1_sys": ("arithmetic", {"digits": 1, "operations": ["+"], "prompt_template": JUST, "system_prompt": CALCULATOR}, "last_number"),
+    "add0to20_just": ("arithmetic", {"max_operand": 20, "operations": ["+"], "prompt_template": JUST}, "last_number"),
+    "add1_answerline": ("arithmetic", {"digits": 1, "operations": ["+"], "prompt_template": ANSWER_LINE}, "answer_line"),
+    "addmul1_just": ("arithmetic", {"digits": 1, "operations": ["+", "*"], "prompt_template": JUST}, "last_number"),
+    "addsubmul1_just": ("arithmetic", {"digits": 1, "operations": ["+", "-", "*"], "prompt_template": JUST}, "last_number"),
+    # long-reasoning candidates (issue 14): step-by-step answers of 80-300 tokens
+    "mawps_cot": ("mawps", {}, "auto"),
+    "mawps_cot_last": ("mawps", {}, "last_number"),
+    "gsm8k_cot": ("gsm8k", {"max_new_tokens": 256}, "auto"),
+    "arith3x2_cot": ("arithmetic", {"digits": 2, "operations": ["+", "-"], "num_operands": 3,
+                                    "prompt_template": STEPS}, "auto"),
+    "arith2x1_cot": ("arithmetic", {"digits": 1, "operations": ["+", "-", "*"], "prompt_template": STEPS}, "auto"),
+    "arith2x1_cot_last": ("arithmetic", {"digits": 1, "operations": ["+", "-", "*"], "prompt_template": STEPS},
+                          "last_number"),
+    "arith2x20_cot_last": ("arithmetic", {"max_operand": 20, "operations": ["+", "-", "*"], "prompt_template": STEPS},
+                           "last_number"),
+    "arith3x1_cot_last": ("arithmetic", {"digits": 1, "operations": ["+", "-", "*"], "num_operands": 3,
+                                         "prompt_template": STEPS}, "last_number"),
+    "arith3x1_cot": ("arithmetic", {"digits": 1, "operations": ["+", "-", "*"], "num_operands": 3,
+                                    "prompt_template": STEPS}, "auto"),
 }
 
 
@@ -101,16 +117,16 @@ def main() -> None:
 
     model_path = prepare_model(OmegaConf.load(ROOT / "conf/model" / f"{args.model}.yaml"))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    base = OmegaConf.load(ROOT / "conf/data/arithmetic.yaml")
     t0 = time.perf_counter()
-    llm = LLM(model_path, dtype=args.dtype, enforce_eager=True, seed=0, max_model_len=512,
+    llm = LLM(model_path, dtype=args.dtype, enforce_eager=True, seed=0, max_model_len=1024,
               kv_cache_memory_bytes=1 << 30, enable_prefix_caching=True)
     print(f"engine ready in {time.perf_counter() - t0:.1f}s ({model_path}, {args.dtype})")
 
     names = args.only or list(CANDIDATES)
     rows = []
     for i, name in enumerate(names):
-        overrides, style = CANDIDATES[name]
+        config, overrides, style = CANDIDATES[name]
+        base = OmegaConf.load(ROOT / "conf/data" / f"{config}.yaml")
         cfg = OmegaConf.merge(base, {"n_train": 0, "n_test": args.prompts, **overrides})
         problems = load_problems(cfg, tokenizer).test
         if i == 0:
@@ -143,8 +159,8 @@ def main() -> None:
         print(f"{r['name']:<18}{r['style']:<13}{r['acc']:>7.3f}{r['varied']:>12.2f}{r['length']:>7.1f}"
               f"{r['truncated']:>7.2f}{r['tok_s']:>8.0f}{r['seconds']:>7.1f}")
     for name in names:
-        overrides, _ = CANDIDATES[name]
-        print(f"  {name}: {overrides}")
+        config, overrides, _ = CANDIDATES[name]
+        print(f"  {name}: data={config} {overrides}")
 
 
 if __name__ == "__main__":

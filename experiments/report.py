@@ -32,6 +32,9 @@ from pathlib import Path
 
 import yaml
 
+from experiments.curves import accuracy_curve, analyze, step_seconds
+from experiments.curves import render as render_curves
+
 log = logging.getLogger("rpo-report")
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "error.txt")
@@ -180,10 +183,8 @@ def first_line(text: str) -> str:
 
 
 def train_seconds(r: dict):
-    """Wall time of one optimizer step without its held-out evaluation (evaluation is not training cost)."""
-    if r.get("time_step") is None:
-        return None
-    return r["time_step"] - (r.get("time_eval") or 0.0)
+    """curves.step_seconds, or None when the step recorded no time."""
+    return None if r.get("time_step") is None else step_seconds(r)
 
 
 def summarize_run(run: Run) -> dict:
@@ -473,6 +474,10 @@ def render_markdown(report: dict) -> str:
     if report["rapid"]:
         out += ["## RAPID vs GRPO", "", "Training time (sum of step times) and accuracy after training, per pair "
                 "(ratio = RAPID / GRPO).", "", rapid_table(report["rapid"]), ""]
+    for setting, analysis in report["curves"].items():
+        if setting:
+            out += [f"### Setting: `{setting}`", ""]
+        out += render_curves(analysis)
     out += ["## Runs", "", run_table(rows), ""]
     notes = [f"- `{r['path']}`: {n}" for r in rows for n in r["notes"]]
     if notes:
@@ -522,18 +527,8 @@ def plot_accuracy_vs_time(ok: list[tuple[str, Run]], colors: dict[str, str], pat
     for ax, with_init in zip(axes, (False, True)):
         seen = set()
         for label, run in ok:
-            step0 = next((r for r in run.metrics if r["step"] == 0), {})
-            t = (step0.get("cache_init_seconds") or 0.0) if with_init else 0.0
-            xs, ys = [], []
-            if step0.get("accuracy") is not None:
-                xs, ys = [t], [step0["accuracy"]]
-            for r in run.metrics:
-                if r["step"] < 1:
-                    continue
-                t += train_seconds(r) or 0.0
-                if r.get("accuracy") is not None:
-                    xs.append(t)
-                    ys.append(r["accuracy"])
+            curve = accuracy_curve(run.metrics, with_init)
+            xs, ys = [t for t, _ in curve], [acc for _, acc in curve]
             ax.plot(xs, ys, marker="o", ms=3, color=colors[label], alpha=0.8, label=None if label in seen else label)
             seen.add(label)
         ax.set_xlabel("cumulative time (s), including RPO cache init" if with_init else "cumulative training time (s)")
@@ -618,8 +613,32 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
-PLOTS = {"accuracy_vs_time.png": plot_accuracy_vs_time, "reward_vs_step.png": plot_reward_vs_step,
-         "tokens_per_step.png": plot_tokens_per_step}
+def plot_accuracy_vs_time_mean(ok: list[tuple[str, Run]], colors: dict[str, str], path: Path) -> None:
+    """Per method: mean accuracy at each evaluation against the mean time it was reached, band = min..max over seeds."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, with_init in zip(axes, (False, True)):
+        for label in colors:
+            curves = [accuracy_curve(run.metrics, with_init) for lab, run in ok if lab == label]
+            n = min((len(c) for c in curves), default=0)
+            if not n:
+                continue
+            xs = [statistics.fmean(c[i][0] for c in curves) for i in range(n)]
+            accs = [[c[i][1] for c in curves] for i in range(n)]
+            ax.plot(xs, [statistics.fmean(a) for a in accs], marker="o", ms=3, color=colors[label],
+                    label=f"{label} (n={len(curves)})")
+            ax.fill_between(xs, [min(a) for a in accs], [max(a) for a in accs], color=colors[label], alpha=0.15)
+        ax.set_xlabel("cumulative time (s), including RPO cache init" if with_init else "cumulative training time (s)")
+        ax.set_title("including cache init" if with_init else "excluding cache init (as the RPO paper)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out greedy accuracy")
+    _legend(fig, axes[0])
+    fig.suptitle("Accuracy vs wall-clock time (mean over seeds, band = min-max)")
+    _save(fig, path)
+
+
+PLOTS = {"accuracy_vs_time.png": plot_accuracy_vs_time, "accuracy_vs_time_mean.png": plot_accuracy_vs_time_mean,
+         "reward_vs_step.png": plot_reward_vs_step, "tokens_per_step.png": plot_tokens_per_step}
 
 
 # =====================================================================================================================
@@ -637,12 +656,13 @@ def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command
     rows = run_rows(runs)
     methods = method_rows(rows, baseline)
     command = command or f"rpo-report {shlex.quote(str(sweep_dir))} --baseline {shlex.quote(baseline)}"
+    by_path = {str(r.path): r for r in runs}
     report = {"sweep_dir": str(sweep_dir), "baseline": baseline, "report_command": command,
               "common_overrides": sorted(common_overrides(runs)),
-              "runs": rows, "methods": methods, "rapid": rapid_comparisons(methods), "plots": list(PLOTS)}
+              "runs": rows, "methods": methods, "rapid": rapid_comparisons(methods),
+              "curves": curve_analyses(rows, by_path, baseline), "plots": list(PLOTS)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    by_path = {str(r.path): r for r in runs}
     ok = [(_plot_label(r, len({m["setting"] for m in methods}) > 1), by_path[r["path"]])
           for r in rows if r["status"] == "ok"]
     colors = _colors(list(dict.fromkeys(label for label, _ in ok)))
@@ -651,6 +671,18 @@ def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
     return report
+
+
+def curve_analyses(rows: list[dict], by_path: dict[str, Run], baseline: str) -> dict[str, dict]:
+    """curves.analyze per setting, over the ok runs of each method."""
+    out = {}
+    for setting in sorted({r["setting"] for r in rows}):
+        methods: dict[str, list[list[dict]]] = {}
+        for r in rows:
+            if r["setting"] == setting and r["status"] == "ok":
+                methods.setdefault(r["method"], []).append(by_path[r["path"]].metrics)
+        out[setting] = analyze(methods, baseline)
+    return out
 
 
 def _plot_label(row: dict, several_settings: bool) -> str:

