@@ -2,6 +2,7 @@
 
     rpo-report multirun/2026-11-22/10-00-00                   # writes report.md, report.json and PNGs there
     rpo-report SWEEP_DIR --out results/ --baseline grpo+LA
+    rpo-report SWEEP_DIR --out experiments/results/NAME --copy-runs   # plus every run's config, overrides, metrics
 
 Every directory under SWEEP_DIR holding config.yaml, metrics.jsonl or error.txt is one run. A run is "ok" when it
 has no error.txt and its metrics reach trainer.total_steps with an accuracy before and after training; any other
@@ -16,6 +17,7 @@ Definitions (per run; a method row shows mean +- sample std over its ok runs):
   total time           train time + cache init
 Ratios divide a method's mean by the baseline's mean in the same setting; "(worse)" marks a ratio > 1 or a lower
 accuracy. "?" in a table means a value the run did not record; "-" means not applicable.
+Time to accuracy, accuracy at equal wall time, the phase table and bootstrap intervals: experiments/curves.py.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import json
 import logging
 import math
 import shlex
+import shutil
 import statistics
 import sys
 import textwrap
@@ -644,8 +647,24 @@ PLOTS = {"accuracy_vs_time.png": plot_accuracy_vs_time, "accuracy_vs_time_mean.p
 # =====================================================================================================================
 # entry point
 # =====================================================================================================================
-def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command: str = "") -> dict:
-    """Read every run under sweep_dir, write report.md, report.json and the PNG plots into out_dir."""
+RUN_RECORD = {"config.yaml": "config.yaml", "metrics.jsonl": "metrics.jsonl", "error.txt": "error.txt",
+              ".hydra/overrides.yaml": "overrides.yaml"}  # what --copy-runs keeps of a run (never checkpoints/caches)
+
+
+def copy_runs(runs: list[Run], sweep_dir: Path, out_dir: Path) -> None:
+    """Each run's exact config, overrides, metrics (and error) into out_dir/runs/<its path under sweep_dir>/."""
+    for run in runs:
+        dest = out_dir / "runs" / run.path.relative_to(sweep_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        for src, name in RUN_RECORD.items():
+            if (run.path / src).is_file():
+                shutil.copyfile(run.path / src, dest / name)
+
+
+def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command: str = "",
+                 keep_runs: bool = False) -> dict:
+    """Read every run under sweep_dir, write report.md, report.json and the PNG plots into out_dir (with keep_runs,
+    also every run's record: copy_runs)."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist")
@@ -668,6 +687,8 @@ def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command
     colors = _colors(list(dict.fromkeys(label for label, _ in ok)))
     for name, plot in PLOTS.items():
         plot(ok, colors, out_dir / name)
+    if keep_runs:
+        copy_runs(runs, sweep_dir, out_dir)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
     return report
@@ -694,12 +715,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (or any folder of rpo-train runs)")
     p.add_argument("--out", type=Path, default=None, help="where to write the report (default: SWEEP_DIR)")
     p.add_argument("--baseline", default="grpo", help="method label the ratios divide by (default: grpo)")
+    p.add_argument("--copy-runs", action="store_true",
+                   help="also copy each run's config.yaml, overrides.yaml and metrics.jsonl into OUT/runs/")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or args.sweep_dir
     command = " ".join(["rpo-report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     try:
-        report = build_report(args.sweep_dir, out, args.baseline, command)
+        report = build_report(args.sweep_dir, out, args.baseline, command, keep_runs=args.copy_runs)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -87,7 +87,7 @@ def build_components(cfg: DictConfig) -> Components:
     with timer("learner"):
         learner = DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, cfg.rollout.temperature, world_size)
     console.say(f"DeepSpeed ZeRO-{cfg.learner.zero_stage} learner ready in {timer.times['time_learner']:.1f}s")
-    reference = (ReferenceModel(model_path, cfg.learner.micro_batch_size, cfg.rollout.temperature, learner.device)
+    reference = (ReferenceModel(model_path, cfg.learner, cfg.rollout.temperature, learner.device)
                  if algorithm.needs_reference else None)
     scorer = build_scorer(cfg.reward, cfg.data) if generates else None
 

@@ -23,7 +23,6 @@ def response_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 0)
     so the [N, T, vocab] logits never exist at once (nor their fp32 copy and softmax for backward); the backward
     recomputes one chunk's logits at a time. Same values, a fraction of the memory, about one extra output-layer
     forward per step."""
-    tb = tb.trimmed()  # this (micro-)batch's own widths: no padding to the longest row of the whole batch
     T = tb.response_mask.shape[1]
     targets = tb.input_ids[:, -T:]
     if not chunk:
@@ -114,13 +113,28 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: fl
     return logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
 
 
+def policy_logprobs(model, micro: TrainBatch, temperature: float, chunk: int, shared_prefix: bool) -> torch.Tensor:
+    """response_logprobs, or its shared-prefix form (same values; `micro` must then hold whole groups)."""
+    if shared_prefix:
+        return shared_prefix_logprobs(model, micro, temperature, chunk)
+    return response_logprobs(model, micro, temperature, chunk)
+
+
+def micro_batches(tb: TrainBatch, size: int, shared_prefix: bool) -> list[TrainBatch]:
+    """`tb` cut into micro-batches of `size` rows (whole groups with shared_prefix), each trimmed to its own widths."""
+    if shared_prefix:
+        size = max(1, size // tb.group_size) * tb.group_size
+    return [tb.rows(i, i + size).trimmed() for i in range(0, len(tb), size)]
+
+
 @torch.no_grad()
 def batched_logprobs(model, tb: TrainBatch, micro_batch_size: int, temperature: float, chunk: int = 0,
-                     device="cpu") -> torch.Tensor:
-    """response_logprobs over the whole batch, micro-batch by micro-batch on `device`, without gradient: [N, T] on
+                     shared_prefix: bool = False, device="cpu") -> torch.Tensor:
+    """policy_logprobs over the whole batch, micro-batch by micro-batch on `device`, without gradient: [N, T] on
     the host."""
-    return _cat_padded([response_logprobs(model, tb.rows(i, i + micro_batch_size).to(device), temperature, chunk).cpu()
-                        for i in range(0, len(tb), micro_batch_size)], width=tb.response_mask.shape[1])
+    return _cat_padded([policy_logprobs(model, micro.to(device), temperature, chunk, shared_prefix).cpu()
+                        for micro in micro_batches(tb, micro_batch_size, shared_prefix)],
+                       width=tb.response_mask.shape[1])
 
 
 def combine_stats(parts: list[tuple[dict, float]]) -> dict[str, float]:
@@ -141,13 +155,14 @@ def combine_stats(parts: list[tuple[dict, float]]) -> dict[str, float]:
 class ReferenceModel:
     """Frozen copy of the initial policy for the KL penalty (loaded only when algorithm.kl_coef > 0)."""
 
-    def __init__(self, model_path: str, micro_batch_size: int, temperature: float, device="cpu"):
+    def __init__(self, model_path: str, learner_cfg, temperature: float, device="cpu"):
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval().requires_grad_(False)
         self.model.to(device)
-        self.micro, self.temperature, self.device = micro_batch_size, temperature, device
+        self.cfg, self.temperature, self.device = learner_cfg, temperature, device
 
     def logprobs(self, tb: TrainBatch) -> torch.Tensor:
-        return batched_logprobs(self.model, tb, self.micro, self.temperature, device=self.device)
+        return batched_logprobs(self.model, tb, self.cfg.micro_batch_size, self.temperature, self.cfg.logprob_chunk,
+                                self.cfg.shared_prefix, self.device)
 
 
 class DeepSpeedLearner:
@@ -186,21 +201,8 @@ class DeepSpeedLearner:
 
     def logprobs(self, tb: TrainBatch) -> torch.Tensor:
         """The current policy's logprobs of the batch, no gradient (pi_old before several steps on one rollout)."""
-        with torch.no_grad():
-            return _cat_padded([self._logprobs(tb.rows(i, i + n).to(self.device)).cpu()
-                                for i, n in self._micro_batches(tb)], width=tb.response_mask.shape[1])
-
-    def _logprobs(self, micro: TrainBatch) -> torch.Tensor:
-        if self.cfg.shared_prefix:
-            return shared_prefix_logprobs(self.engine, micro, self.temperature, self.cfg.logprob_chunk)
-        return response_logprobs(self.engine, micro, self.temperature, self.cfg.logprob_chunk)
-
-    def _micro_batches(self, tb: TrainBatch) -> list[tuple[int, int]]:
-        """(first row, rows) of each micro-batch: micro_batch_size rows, or whole groups with shared_prefix."""
-        n = self.cfg.micro_batch_size
-        if self.cfg.shared_prefix:
-            n = max(1, n // tb.group_size) * tb.group_size
-        return [(i, n) for i in range(0, len(tb), n)]
+        return batched_logprobs(self.engine, tb, self.cfg.micro_batch_size, self.temperature, self.cfg.logprob_chunk,
+                                self.cfg.shared_prefix, self.device)
 
     def train_step(self, tb: TrainBatch, loss_fn: LossFn, token_level: bool) -> StepResult:
         """One optimizer step on `tb`: gradients accumulated over micro-batches, each weighted by its share.
@@ -214,9 +216,9 @@ class DeepSpeedLearner:
             dist.all_reduce(totals)
         tokens_total, rows_total = totals[0].clamp(min=1).item(), totals[1].clamp(min=1).item()
         parts, logps, finite = [], [], True
-        for i, n in self._micro_batches(tb):
-            micro = tb.rows(i, i + n).trimmed().to(self.device)
-            logp = self._logprobs(micro)
+        for micro in micro_batches(tb, self.cfg.micro_batch_size, self.cfg.shared_prefix):
+            micro = micro.to(self.device)
+            logp = policy_logprobs(self.engine, micro, self.temperature, self.cfg.logprob_chunk, self.cfg.shared_prefix)
             loss, stats = loss_fn(logp, micro)
             share = float(micro.loss_mask.sum().item() / tokens_total if token_level else len(micro) / rows_total)
             logps.append(logp.detach().cpu())

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from rpo_core.common.batching import to_train_batch
 from rpo_core.common.types import RolloutBatch, Sample
-from rpo_core.learner import combine_stats, response_logprobs, shared_prefix_logprobs
+from rpo_core.learner import combine_stats, micro_batches, response_logprobs, shared_prefix_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,10 @@ def test_trimmed_micro_batch_matches_the_full_width_rows(model):
     with torch.no_grad():
         wide = response_logprobs(model, tb, 1.0)
         small = tb.rows(0, 2)
-        trimmed = small.trimmed()
+        trimmed = micro_batches(tb, 2, shared_prefix=False)[0]  # the learner's cut
+        assert trimmed.input_ids.shape == small.trimmed().input_ids.shape
         assert trimmed.input_ids.shape[1] < small.input_ids.shape[1]  # padding to the batch's longest rows is gone
-        narrow = response_logprobs(model, small, 1.0)
+        narrow = response_logprobs(model, trimmed, 1.0)
     assert narrow.shape == (2, trimmed.response_mask.shape[1])
     assert torch.allclose(narrow, wide[:2, : narrow.shape[1]], atol=1e-5)
     assert (wide[:2, narrow.shape[1]:] == 0).all()

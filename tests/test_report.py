@@ -198,11 +198,17 @@ def test_rapid_comparison(sweep: Path, tmp_path: Path):
 def test_report_json_matches_and_pngs_are_valid(sweep: Path, tmp_path: Path):
     import matplotlib.image as mpimg
 
-    rep.main([str(sweep), "--out", str(tmp_path / "o")])
+    rep.main([str(sweep), "--out", str(tmp_path / "o"), "--copy-runs"])
     data = json.loads((tmp_path / "o" / "report.json").read_text())
     assert len(data["runs"]) == 9 and by_method(data)["grpo+RPO"]["total_time_s"] == pytest.approx(25.5)
     assert data["common_overrides"] == ["model=tiny", "trainer.total_steps=3"]
-    for name in ("accuracy_vs_time.png", "reward_vs_step.png", "tokens_per_step.png"):
+    for r in data["runs"]:  # every run's record, byte for byte, under runs/<its path in the sweep>
+        copied = tmp_path / "o" / "runs" / Path(r["path"]).relative_to(sweep)
+        for src, name in rep.RUN_RECORD.items():
+            if (Path(r["path"]) / src).is_file():
+                assert (copied / name).read_bytes() == (Path(r["path"]) / src).read_bytes()
+    assert sum(1 for _ in (tmp_path / "o" / "runs").rglob("overrides.yaml")) >= 8
+    for name in ("accuracy_vs_time.png", "accuracy_vs_time_mean.png", "reward_vs_step.png", "tokens_per_step.png"):
         path = tmp_path / "o" / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE
         img = mpimg.imread(path)

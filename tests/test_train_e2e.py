@@ -91,6 +91,15 @@ def test_every_algorithm_runs_with_and_without_rpo(tmp_path, tiny_model_path, al
         assert rows[1]["ratio_max"] == pytest.approx(1.0, abs=1e-5) and rows[2]["ratio_max"] > 1.0 + 1e-4
 
 
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_kl_penalty_measures_drift_from_the_reference(tmp_path, tiny_model_path, shared_prefix):
+    """The reference model scores the batch like the learner: KL 0 before the first update, > 0 after it."""
+    rpo_train(tmp_path, "algorithm.kl_coef=0.1", "trainer.total_steps=2", "trainer.eval_every=0",
+              f"learner.shared_prefix={str(shared_prefix).lower()}")
+    rows = metrics(tmp_path)
+    assert abs(rows[1]["kl"]) < 1e-6 and rows[2]["kl"] > 1e-6
+
+
 def test_dapo_dynamic_sampling_keeps_and_drops_groups(tmp_path, tiny_model_path):
     """Parity rewards leave some groups of 4 all-equal (P = 1/8 each): DAPO must drop those and keep the rest."""
     rpo_train(tmp_path, "algorithm=dapo", "trainer.total_steps=2", "trainer.eval_every=0",
