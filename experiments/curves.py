@@ -70,10 +70,12 @@ def bootstrap_ci(a: list[float], b: list[float], stat: Callable[[list[float], li
 
 
 def compare(a: list[float], b: list[float], stat: Callable, null: float) -> dict:
-    """Point value, 95% interval and whether the interval excludes `null` (no difference)."""
+    """Point value, 95% interval and whether the interval excludes `null` (no difference); no interval from one seed."""
     if not a or not b:
         return {"value": None, "ci": None, "excludes_null": None, "n": (len(a), len(b))}
     value = stat(a, b)
+    if min(len(a), len(b)) < 2:
+        return {"value": value, "ci": None, "excludes_null": None, "n": (len(a), len(b))}
     lo, hi = bootstrap_ci(a, b, stat)
     excludes = None if math.isnan(lo) else not (lo <= null <= hi)
     return {"value": value, "ci": (lo, hi), "excludes_null": excludes, "n": (len(a), len(b))}
@@ -168,6 +170,8 @@ def _fmt(x: Optional[float], digits: int) -> str:
 def fmt_compare(c: dict, digits: int = 2) -> str:
     if c["value"] is None:
         return "n/a"
+    if c["ci"] is None:
+        return f"{_fmt(c['value'], digits)} (n = {c['n'][0]} vs {c['n'][1]} seeds: no interval)"
     lo, hi = c["ci"]
     verdict = {True: "", False: " (interval includes no difference)", None: ""}[c["excludes_null"]]
     return f"{_fmt(c['value'], digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]{verdict}"
@@ -176,7 +180,8 @@ def fmt_compare(c: dict, digits: int = 2) -> str:
 def render(analysis: dict) -> list[str]:
     """Markdown lines: Table 3 (phases), time to the baseline's final accuracy, and the headline comparisons."""
     lines = ["## Table 3: time per optimizer step by phase (seconds, mean over runs and steps)", ""]
-    header = ["method", "step (no eval)", *(p.removeprefix("time_") for p in PHASES), "cache init (once)"]
+    header = ["method", "step (no eval)", *(p.removeprefix("time_") for p in PHASES[:-1]), "eval (held-out, not in step)",
+              "cache init (once)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m, row in analysis["phases"].items():
         cells = [m, _fmt(row["step_s"], 1), *(_fmt(row[p], 1) for p in PHASES), _fmt(row["cache_init_s"], 1)]

@@ -40,6 +40,8 @@ def test_bootstrap_interval_and_no_difference_verdict():
     assert 0.2 <= lo < 0.4 < hi <= 0.6  # resampled means of 3 lie in [min, max]
     overlapping = compare([0.1, 0.5, 0.9], [0.2, 0.5, 0.8], mean_diff, 0.0)
     assert overlapping["excludes_null"] is False
+    one_seed = compare([0.5], [0.1, 0.2], mean_diff, 0.0)  # one seed: a value, never an interval
+    assert math.isclose(one_seed["value"], 0.35) and one_seed["ci"] is None and one_seed["excludes_null"] is None
 
 
 def test_analyze_targets_the_baseline_final_accuracy():
@@ -51,6 +53,7 @@ def test_analyze_targets_the_baseline_final_accuracy():
     assert a["methods"]["grpo+RPO"]["time_to_target_s"] == [14.0, math.inf]  # init 4 s + two 5-s steps; never
     (c,) = a["comparisons"]
     assert c["reached"] == (1, 2) and c["time_to_target_ratio"]["value"] == math.inf
+    assert c["time_to_target_ratio"]["ci"][1] == math.inf  # resamples holding only the never-reached seed
     assert math.isclose(c["tokens_ratio"]["value"], 0.2)
     assert c["equal_time_s"] == 20.0  # the shortest run: a grpo seed ends at 20 s, the RPO ones at 24 s
     assert math.isclose(c["equal_time_acc_diff"]["value"], (0.5 + 0.3) / 2 - (0.6 + 0.4) / 2)
