@@ -122,29 +122,29 @@ def analyze(methods: dict[str, list[list[dict]]], baseline: str) -> dict:
            "target": None, "methods": {}, "comparisons": []}
     if baseline not in methods:
         return out
-    base_final = final_accuracy(method_curves(methods[baseline]))
+    curves = {label: method_curves(runs) for label, runs in methods.items()}
+    base_final = final_accuracy(curves[baseline])
     target = statistics.fmean(base_final) if base_final else None
     out["target"] = target
     for label, runs in methods.items():
-        curves = method_curves(runs)
         out["methods"][label] = {
-            "final_acc": final_accuracy(curves),
-            "time_to_target_s": [time_to_accuracy(c, target) for c in curves] if target is not None else [],
-            "end_time_s": [c[-1][0] for c in curves if c],
+            "final_acc": final_accuracy(curves[label]),
+            "time_to_target_s": [time_to_accuracy(c, target) for c in curves[label]] if target is not None else [],
+            "end_time_s": [c[-1][0] for c in curves[label] if c],
             "tokens_per_sample": [x for x in (tokens_per_sample(m) for m in runs) if x is not None],
         }
     pairs = [(m, baseline) for m in methods if m != baseline]
     pairs += [(m, m.replace("+RPO", "")) for m in methods
               if "+RPO" in m and m.replace("+RPO", "") in methods and m.replace("+RPO", "") != baseline]
     for label, ref in pairs:
-        out["comparisons"].append(compare_methods(label, ref, methods, out["methods"]))
+        out["comparisons"].append(compare_methods(label, ref, curves, out["methods"]))
     return out
 
 
-def compare_methods(label: str, ref: str, methods: dict, summary: dict) -> dict:
+def compare_methods(label: str, ref: str, curves: dict[str, list[Curve]], summary: dict) -> dict:
     """label vs ref: tokens/sample ratio, time-to-target ratio, final and equal-time accuracy differences."""
     a, b = summary[label], summary[ref]
-    curves_a, curves_b = method_curves(methods[label]), method_curves(methods[ref])
+    curves_a, curves_b = curves[label], curves[ref]
     horizon = min(a["end_time_s"] + b["end_time_s"]) if a["end_time_s"] and b["end_time_s"] else None
     at_a = [x for x in (accuracy_at(c, horizon) for c in curves_a) if x is not None] if horizon else []
     at_b = [x for x in (accuracy_at(c, horizon) for c in curves_b) if x is not None] if horizon else []

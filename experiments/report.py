@@ -32,10 +32,11 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
-from experiments.curves import accuracy_curve, analyze, step_seconds
+from experiments.curves import accuracy_curve, analyze, step_seconds, tokens_per_sample
 from experiments.curves import render as render_curves
 
 log = logging.getLogger("rpo-report")
@@ -198,7 +199,6 @@ def summarize_run(run: Run) -> dict:
     rpo = "+RPO" in method_label(run)
     total_steps = dig(run.config, "trainer.total_steps")
 
-    per_sample = [r["rollout_tokens_per_sample"] for r in steps if r.get("rollout_tokens_per_sample") is not None]
     step_times = [train_seconds(r) for r in steps]
     cache_init = step0.get("cache_init_seconds")
     if rpo and cache_init is None and dig(run.config, "rpo.init") == "lazy":
@@ -207,7 +207,7 @@ def summarize_run(run: Run) -> dict:
         "steps": len(steps),
         "acc_before": step0.get("accuracy"),
         "acc_after": last.get("accuracy"),
-        "tokens_per_sample": statistics.fmean(per_sample) if per_sample else None,
+        "tokens_per_sample": tokens_per_sample(run.metrics),
         "rollout_s_per_step": sum(r.get("time_rollout") or 0.0 for r in steps) / len(steps) if steps else None,
         "train_time_s": sum(step_times) if steps and None not in step_times else None,
         "cache_init_s": cache_init if rpo else None,
@@ -523,24 +523,33 @@ def _mean_over_runs(per_run: list[dict[int, float]]) -> tuple[list[int], list[fl
     return steps, [statistics.fmean(v) for v in vals], [min(v) for v in vals], [max(v) for v in vals]
 
 
-def plot_accuracy_vs_time(ok: list[tuple[str, Run]], colors: dict[str, str], path: Path) -> None:
-    """One line per run: evaluated accuracy against cumulative step time, without and with RPO's cache init."""
+def _accuracy_time_figure(path: Path, title: str, draw: Callable) -> None:
+    """Two panels of held-out accuracy against cumulative step time, without and with RPO's cache init;
+    draw(ax, with_init) plots the lines of one panel."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, with_init in zip(axes, (False, True)):
+        draw(ax, with_init)
+        ax.set_xlabel("cumulative time (s), including RPO cache init" if with_init else "cumulative training time (s)")
+        ax.set_title("including cache init" if with_init else "excluding cache init (as the RPO paper)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out greedy accuracy")
+    _legend(fig, axes[0])
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_accuracy_vs_time(ok: list[tuple[str, Run]], colors: dict[str, str], path: Path) -> None:
+    """One line per run: evaluated accuracy against cumulative step time, without and with RPO's cache init."""
+    def draw(ax, with_init: bool) -> None:
         seen = set()
         for label, run in ok:
             curve = accuracy_curve(run.metrics, with_init)
             xs, ys = [t for t, _ in curve], [acc for _, acc in curve]
             ax.plot(xs, ys, marker="o", ms=3, color=colors[label], alpha=0.8, label=None if label in seen else label)
             seen.add(label)
-        ax.set_xlabel("cumulative time (s), including RPO cache init" if with_init else "cumulative training time (s)")
-        ax.set_title("including cache init" if with_init else "excluding cache init (as the RPO paper)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("held-out greedy accuracy")
-    _legend(fig, axes[0])
-    fig.suptitle("Accuracy vs wall-clock time (one line per run)")
-    _save(fig, path)
+
+    _accuracy_time_figure(path, "Accuracy vs wall-clock time (one line per run)", draw)
 
 
 def plot_reward_vs_step(ok: list[tuple[str, Run]], colors: dict[str, str], path: Path) -> None:
@@ -618,9 +627,7 @@ def _save(fig, path: Path) -> None:
 
 def plot_accuracy_vs_time_mean(ok: list[tuple[str, Run]], colors: dict[str, str], path: Path) -> None:
     """Per method: mean accuracy at each evaluation against the mean time it was reached, band = min..max over seeds."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, with_init in zip(axes, (False, True)):
+    def draw(ax, with_init: bool) -> None:
         for label in colors:
             curves = [accuracy_curve(run.metrics, with_init) for lab, run in ok if lab == label]
             n = min((len(c) for c in curves), default=0)
@@ -631,13 +638,8 @@ def plot_accuracy_vs_time_mean(ok: list[tuple[str, Run]], colors: dict[str, str]
             ax.plot(xs, [statistics.fmean(a) for a in accs], marker="o", ms=3, color=colors[label],
                     label=f"{label} (n={len(curves)})")
             ax.fill_between(xs, [min(a) for a in accs], [max(a) for a in accs], color=colors[label], alpha=0.15)
-        ax.set_xlabel("cumulative time (s), including RPO cache init" if with_init else "cumulative training time (s)")
-        ax.set_title("including cache init" if with_init else "excluding cache init (as the RPO paper)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("held-out greedy accuracy")
-    _legend(fig, axes[0])
-    fig.suptitle("Accuracy vs wall-clock time (mean over seeds, band = min-max)")
-    _save(fig, path)
+
+    _accuracy_time_figure(path, "Accuracy vs wall-clock time (mean over seeds, band = min-max)", draw)
 
 
 PLOTS = {"accuracy_vs_time.png": plot_accuracy_vs_time, "accuracy_vs_time_mean.png": plot_accuracy_vs_time_mean,
