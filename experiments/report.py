@@ -649,18 +649,18 @@ PLOTS = {"accuracy_vs_time.png": plot_accuracy_vs_time, "accuracy_vs_time_mean.p
 # =====================================================================================================================
 # entry point
 # =====================================================================================================================
-RUN_RECORD = {"config.yaml": "config.yaml", "metrics.jsonl": "metrics.jsonl", "error.txt": "error.txt",
-              ".hydra/overrides.yaml": "overrides.yaml"}  # what --copy-runs keeps of a run (never checkpoints/caches)
+RUN_RECORD = RUN_FILES + (".hydra/overrides.yaml",)  # what --copy-runs keeps of a run (never checkpoints/caches)
 
 
 def copy_runs(runs: list[Run], sweep_dir: Path, out_dir: Path) -> None:
-    """Each run's exact config, overrides, metrics (and error) into out_dir/runs/<its path under sweep_dir>/."""
+    """Each run's exact config, overrides, metrics (and error) into out_dir/runs/<its path under sweep_dir>/, in the
+    run's own layout: the copy is itself a sweep directory rpo-report reads with the same labels."""
     for run in runs:
         dest = out_dir / "runs" / run.path.relative_to(sweep_dir)
-        dest.mkdir(parents=True, exist_ok=True)
-        for src, name in RUN_RECORD.items():
-            if (run.path / src).is_file():
-                shutil.copyfile(run.path / src, dest / name)
+        for name in RUN_RECORD:
+            if (run.path / name).is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run.path / name, dest / name)
 
 
 def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command: str = "",
@@ -718,7 +718,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="where to write the report (default: SWEEP_DIR)")
     p.add_argument("--baseline", default="grpo", help="method label the ratios divide by (default: grpo)")
     p.add_argument("--copy-runs", action="store_true",
-                   help="also copy each run's config.yaml, overrides.yaml and metrics.jsonl into OUT/runs/")
+                   help="also copy each run's config.yaml, .hydra/overrides.yaml and metrics.jsonl into OUT/runs/")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or args.sweep_dir

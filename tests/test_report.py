@@ -204,10 +204,14 @@ def test_report_json_matches_and_pngs_are_valid(sweep: Path, tmp_path: Path):
     assert data["common_overrides"] == ["model=tiny", "trainer.total_steps=3"]
     for r in data["runs"]:  # every run's record, byte for byte, under runs/<its path in the sweep>
         copied = tmp_path / "o" / "runs" / Path(r["path"]).relative_to(sweep)
-        for src, name in rep.RUN_RECORD.items():
-            if (Path(r["path"]) / src).is_file():
-                assert (copied / name).read_bytes() == (Path(r["path"]) / src).read_bytes()
+        for name in rep.RUN_RECORD:
+            if (Path(r["path"]) / name).is_file():
+                assert (copied / name).read_bytes() == (Path(r["path"]) / name).read_bytes()
     assert sum(1 for _ in (tmp_path / "o" / "runs").rglob("overrides.yaml")) >= 8
+    # the copy is itself a sweep: re-reported, it gives the same method labels and runs
+    again = rep.build_report(tmp_path / "o" / "runs", tmp_path / "again")
+    assert [(r["method"], r["seed"], r["status"]) for r in again["runs"]] == [
+        (r["method"], r["seed"], r["status"]) for r in data["runs"]]
     for name in ("accuracy_vs_time.png", "accuracy_vs_time_mean.png", "reward_vs_step.png", "tokens_per_step.png"):
         path = tmp_path / "o" / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE
