@@ -592,18 +592,37 @@ def sample_truncation(
 
 
 def epsilon_greedy_pick(
-    rewards: Tensor, group_size: int, epsilon: float, generator: Optional[torch.Generator]
+    rewards: Tensor, group_size: int, epsilon: float, generator: Optional[torch.Generator],
+    questions: Optional[Tensor] = None,
 ) -> Tensor:
-    """k_b = argmax_j r_bj with probability epsilon, else k_b ~ U{0..G-1}: the in-group index to cache.
+    """k_q = argmax_{i in S_q} r_i with probability epsilon, else k_q ~ U(S_q): the sample index to cache per question.
 
-    Ties for the best go to the first (lowest index) maximum, as torch.argmax documents. The uniform draw
-    covers every member, the best included. Both random draws are taken for every group whatever the coin
-    says, so the generator advances the same way for every reward pattern. Returns int64 [B].
+    S_q pools the G samples of every group of question q: `questions` [B] numbers the groups' questions 0..Q-1 (None:
+    each group its own question; DAPO's extra rounds can draw a question twice in one step). Ties for the best go to
+    the first maximum in batch order. The uniform draw is a uniform group of q, then a uniform member, i.e. uniform
+    over S_q; the coin and member draws are taken for every question whatever the coin says, the group draw only for
+    questions with several groups, so without repeats the generator advances as for B independent groups.
+    Returns int64 [Q] flat indices into `rewards`.
     """
     grouped = _grouped(rewards, group_size)
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
     n_groups = grouped.shape[0]
-    greedy = torch.rand(n_groups, generator=generator, device=grouped.device) < epsilon
-    uniform = torch.randint(0, group_size, (n_groups,), generator=generator, device=grouped.device)
-    return torch.where(greedy, grouped.argmax(dim=1), uniform)
+    questions = torch.arange(n_groups) if questions is None else torch.as_tensor(questions, dtype=torch.int64)
+    n_questions = int(questions.max()) + 1 if n_groups else 0
+    if questions.shape != (n_groups,) or (n_groups and (questions.min() < 0 or
+                                                         questions.unique().numel() != n_questions)):
+        raise ValueError(f"questions must number the {n_groups} groups' questions 0..Q-1, got {questions.tolist()}")
+    greedy = torch.rand(n_questions, generator=generator, device=grouped.device) < epsilon
+    member = torch.randint(0, group_size, (n_questions,), generator=generator, device=grouped.device)
+    picks = []
+    for q in range(n_questions):
+        groups = (questions == q).nonzero().flatten()
+        if bool(greedy[q]):
+            best = int(grouped[groups].flatten().argmax())
+            g, i = int(groups[best // group_size]), best % group_size
+        else:
+            which = int(torch.randint(0, len(groups), (1,), generator=generator)) if len(groups) > 1 else 0
+            g, i = int(groups[which]), int(member[q])
+        picks.append(g * group_size + i)
+    return torch.tensor(picks, dtype=torch.int64)

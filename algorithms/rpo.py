@@ -102,11 +102,12 @@ class PartialRollout:
         if batch.num_groups == 0:
             return 0
         rewards = torch.tensor(batch.rewards, dtype=torch.float64)
-        picks = core.epsilon_greedy_pick(rewards, batch.group_size, self.cfg.epsilon, generator)
-        entries = []
-        for g, i in enumerate(picks.tolist()):
-            k = g * batch.group_size + i
-            entries.append(CacheEntry.from_sample(batch.samples[k], reward=batch.rewards[k]))
+        number: dict[str, int] = {}  # a question drawn twice in one step (DAPO's extra rounds) is one cache entry
+        questions = [number.setdefault(batch.samples[g * batch.group_size].uid, len(number))
+                     for g in range(batch.num_groups)]
+        picks = core.epsilon_greedy_pick(rewards, batch.group_size, self.cfg.epsilon, generator,
+                                         questions=torch.tensor(questions))
+        entries = [CacheEntry.from_sample(batch.samples[k], reward=batch.rewards[k]) for k in picks.tolist()]
         self.cache.put_many(entries, version_step=step)
         return len(entries)
 

@@ -74,19 +74,18 @@ def compare(a: list[float], b: list[float], stat: Callable, null: float) -> dict
     if not a or not b:
         return {"value": None, "ci": None, "excludes_null": None, "n": (len(a), len(b))}
     value = stat(a, b)
-    if min(len(a), len(b)) < 2:
+    if min(len(a), len(b)) < 2 or math.isnan(value):  # one seed, or undefined (time_ratio: not every seed reached)
         return {"value": value, "ci": None, "excludes_null": None, "n": (len(a), len(b))}
     lo, hi = bootstrap_ci(a, b, stat)
     excludes = None if math.isnan(lo) else not (lo <= null <= hi)
     return {"value": value, "ci": (lo, hi), "excludes_null": excludes, "n": (len(a), len(b))}
 
 
-def safe_ratio(a: list[float], b: list[float]) -> float:
-    """mean(a) / mean(b) with inf for a never-reached time (inf / inf is nan: neither reached)."""
+def time_ratio(a: list[float], b: list[float]) -> float:
+    """mean(a) / mean(b) of times to target, nan unless every seed of both reached it (inf = never reached: a mean
+    over such seeds is not a time, and inf / t or t / inf would read as "never" or "instantly")."""
     ma, mb = statistics.fmean(a), statistics.fmean(b)
-    if math.isinf(ma) and math.isinf(mb):
-        return math.nan
-    return math.inf if mb == 0 else ma / mb
+    return ma / mb if math.isfinite(ma) and math.isfinite(mb) and mb > 0 else math.nan
 
 
 def method_curves(runs: list[list[dict]], with_init: bool = True) -> list[Curve]:
@@ -151,7 +150,7 @@ def compare_methods(label: str, ref: str, curves: dict[str, list[Curve]], summar
     return {
         "method": label, "reference": ref,
         "tokens_ratio": compare(a["tokens_per_sample"], b["tokens_per_sample"], mean_ratio, 1.0),
-        "time_to_target_ratio": compare(a["time_to_target_s"], b["time_to_target_s"], safe_ratio, 1.0),
+        "time_to_target_ratio": compare(a["time_to_target_s"], b["time_to_target_s"], time_ratio, 1.0),
         "reached": (sum(math.isfinite(t) for t in a["time_to_target_s"]), len(a["time_to_target_s"])),
         "ref_reached": (sum(math.isfinite(t) for t in b["time_to_target_s"]), len(b["time_to_target_s"])),
         "final_acc_diff": compare(a["final_acc"], b["final_acc"], mean_diff, 0.0),
@@ -202,8 +201,11 @@ def render(analysis: dict) -> list[str]:
               "accuracy diff at equal wall time |", "|---|---|---|---|---|"]
     for c in analysis["comparisons"]:
         reached = f" ({c['reached'][0]}/{c['reached'][1]} vs {c['ref_reached'][0]}/{c['ref_reached'][1]})"
+        ratio = c["time_to_target_ratio"]
+        ratio_text = "undefined: not every seed reached" if ratio["value"] is not None and math.isnan(ratio["value"]) \
+            else fmt_compare(ratio)
         lines.append(f"| {c['method']} vs {c['reference']} | {fmt_compare(c['tokens_ratio'])} | "
-                     f"{fmt_compare(c['time_to_target_ratio'])}{reached} | {fmt_compare(c['final_acc_diff'], 3)} | "
+                     f"{ratio_text}{reached} | {fmt_compare(c['final_acc_diff'], 3)} | "
                      f"{fmt_compare(c['equal_time_acc_diff'], 3)} at {_fmt(c['equal_time_s'], 0)} s |")
     lines += ["", "Equal wall time: the shorter of the two methods' runs (including cache init); each run's accuracy "
               "is its last evaluation at or before it.", ""]

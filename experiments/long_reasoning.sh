@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long-reasoning sweep (conf/experiment/long_reasoning.yaml) in the order that makes a partial result useful:
-# GRPO and GRPO+RPO for every seed first, then per seed the prefix-in-loss ablation, RAPID and DAPO (each +-RPO).
-# Re-running skips runs whose metrics already reach the last step. Pause between runs: touch $SWEEP/.pause
+# GRPO and GRPO+RPO for every seed first, then per seed RAPID and DAPO (each +-RPO), then the prefix-in-loss ablation.
+# Re-running skips runs whose metrics reach their config's last step. Pause between runs: touch $SWEEP/.pause
 #   experiments/long_reasoning.sh [SWEEP_DIR]        then: rpo-report SWEEP_DIR
 set -u
 SWEEP=${1:-multirun/long_reasoning}
@@ -12,7 +12,14 @@ run() {  # run NAME OVERRIDES...
   local name=$1; shift
   local dir=$SWEEP/$name
   while [ -e "$SWEEP/.pause" ]; do sleep 10; done
-  if [ -f "$dir/metrics.jsonl" ] && grep -q '"step": 20,' "$dir/metrics.jsonl"; then return; fi
+  if [ -f "$dir/metrics.jsonl" ] && $PY - "$dir" <<'EOF'; then return; fi
+import json, sys
+from pathlib import Path
+from omegaconf import OmegaConf
+run = Path(sys.argv[1])
+last = json.loads(run.joinpath("metrics.jsonl").read_text().splitlines()[-1])["step"]
+sys.exit(0 if last == OmegaConf.load(run / "config.yaml").trainer.total_steps else 1)
+EOF
   mkdir -p "$dir"
   echo "$(date -u +%FT%T) start $name"
   $PY -m rpo_core.train -m experiment=long_reasoning hydra.sweep.dir="$SWEEP" hydra.sweep.subdir="$name" "$@" \
@@ -25,11 +32,13 @@ for seed in 0 1 2; do
   run grpo_rpo_seed$seed algorithm=grpo rpo.enabled=true seed=$seed
 done
 for seed in 0 1 2; do
-  # prefix-in-loss ablation of GRPO+RPO (the runs above: prefix in the loss at ratio 1)
-  run grpo_rpo_prefix-behavior_seed$seed algorithm=grpo rpo.enabled=true rpo.prefix_ratio=behavior seed=$seed
-  run grpo_rpo_suffix-only_seed$seed algorithm=grpo rpo.enabled=true rpo.prefix_in_loss=false seed=$seed
   for algo in rapid dapo; do
     run ${algo}_seed$seed algorithm=$algo rpo.enabled=false seed=$seed
     run ${algo}_rpo_seed$seed algorithm=$algo rpo.enabled=true seed=$seed
   done
+done
+for seed in 0 1 2; do
+  # prefix-in-loss ablation of GRPO+RPO (the runs above: prefix in the loss at ratio 1)
+  run grpo_rpo_prefix-behavior_seed$seed algorithm=grpo rpo.enabled=true rpo.prefix_ratio=behavior seed=$seed
+  run grpo_rpo_suffix-only_seed$seed algorithm=grpo rpo.enabled=true rpo.prefix_in_loss=false seed=$seed
 done

@@ -709,17 +709,38 @@ def test_sample_truncation_determinism_and_validation():
 def test_epsilon_greedy_pick():
     rewards = t([0.0, 0.5, 1.0, 0.2] * 4000)  # 4000 groups, best member at index 2
     gen = torch.Generator().manual_seed(5)
-    assert bool((epsilon_greedy_pick(rewards, 4, 1.0, gen) == 2).all())
-    assert bool((epsilon_greedy_pick(t([1.0, 1.0, 0.0, 1.0]), 4, 1.0, gen) == 0).all())  # ties: first maximum
-    uniform = epsilon_greedy_pick(rewards, 4, 0.0, gen)
+    assert torch.equal(epsilon_greedy_pick(rewards, 4, 1.0, gen), torch.arange(4000) * 4 + 2)  # flat indices
+    assert epsilon_greedy_pick(t([1.0, 1.0, 0.0, 1.0]), 4, 1.0, gen).tolist() == [0]  # ties: first maximum
+    uniform = epsilon_greedy_pick(rewards, 4, 0.0, gen) % 4
     counts = torch.bincount(uniform, minlength=4)
     assert bool((counts > 0).all()) and chi_square(counts) < 16.3  # df 3: p < 0.001
-    mixed = epsilon_greedy_pick(rewards, 4, 0.5, gen)
+    mixed = epsilon_greedy_pick(rewards, 4, 0.5, gen) % 4
     assert (mixed == 2).double().mean().item() == pytest.approx(0.5 + 0.5 / 4, abs=0.03)
     a = epsilon_greedy_pick(rewards, 4, 0.3, torch.Generator().manual_seed(9))
     assert torch.equal(a, epsilon_greedy_pick(rewards, 4, 0.3, torch.Generator().manual_seed(9)))
     with pytest.raises(ValueError):
         epsilon_greedy_pick(rewards, 4, 1.5, gen)
+
+
+def test_epsilon_greedy_pick_pools_the_groups_of_a_repeated_question():
+    # groups 0 and 2 are question 0, group 1 is question 1; hand-computed: q0's best is 0.9 at flat index 5
+    rewards = t([0.2, 0.1, 0.7, 0.3, 0.4, 0.9])
+    questions = torch.tensor([0, 1, 0])
+    assert epsilon_greedy_pick(rewards, 2, 1.0, None, questions).tolist() == [5, 2]
+    # uniform: each of q0's 4 samples (flat 0, 1, 4, 5) equally often, q1's 2 (flat 2, 3)
+    rewards = t([0.0] * 6 * 3000)
+    questions = torch.tensor([0, 1, 0] * 3000) + torch.arange(3000).repeat_interleave(3) * 2
+    picks = epsilon_greedy_pick(rewards, 2, 0.0, torch.Generator().manual_seed(3), questions) % 6
+    q0 = torch.bincount(picks[0::2], minlength=6)
+    assert q0[[2, 3]].sum() == 0 and chi_square(q0[[0, 1, 4, 5]]) < 16.3  # df 3: p < 0.001
+    assert set(picks[1::2].tolist()) == {2, 3}
+    # without repeats, the same draws as independent groups (the default numbering)
+    r = t(torch.rand(40, generator=torch.Generator().manual_seed(1)).tolist())
+    assert torch.equal(epsilon_greedy_pick(r, 4, 0.4, torch.Generator().manual_seed(2)),
+                       epsilon_greedy_pick(r, 4, 0.4, torch.Generator().manual_seed(2), torch.arange(10)))
+    for bad in ([0, 2, 0], [1, 1, 1], [0, 1]):
+        with pytest.raises(ValueError, match="questions"):
+            epsilon_greedy_pick(t([0.0] * 6), 2, 0.5, None, torch.tensor(bad))
 
 
 # ------------------------------------------------------------------------------------------------ entropy

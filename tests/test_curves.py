@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from experiments.curves import (accuracy_at, accuracy_curve, analyze, bootstrap_ci, compare, mean_diff, mean_ratio,
-                                phase_row, time_to_accuracy)
+                                phase_row, render, time_ratio, time_to_accuracy)
 
 
 def run(init: float | None, accs: dict[int, float], step_s: float = 5.0, eval_s: float = 1.0) -> list[dict]:
@@ -52,12 +52,22 @@ def test_analyze_targets_the_baseline_final_accuracy():
     assert a["methods"]["grpo"]["time_to_target_s"] == [20.0, 10.0]
     assert a["methods"]["grpo+RPO"]["time_to_target_s"] == [14.0, math.inf]  # init 4 s + two 5-s steps; never
     (c,) = a["comparisons"]
-    assert c["reached"] == (1, 2) and c["time_to_target_ratio"]["value"] == math.inf
-    assert c["time_to_target_ratio"]["ci"][1] == math.inf  # resamples holding only the never-reached seed
+    # a seed never reached the target: no mean time, so no ratio and no interval (not "infinitely slower")
+    assert c["reached"] == (1, 2) and math.isnan(c["time_to_target_ratio"]["value"])
+    assert c["time_to_target_ratio"]["ci"] is None
+    assert "undefined: not every seed reached (1/2 vs 2/2)" in "\n".join(render(a))
     assert math.isclose(c["tokens_ratio"]["value"], 0.2)
     assert c["equal_time_s"] == 20.0  # the shortest run: a grpo seed ends at 20 s, the RPO ones at 24 s
     assert math.isclose(c["equal_time_acc_diff"]["value"], (0.5 + 0.3) / 2 - (0.6 + 0.4) / 2)
     assert math.isclose(c["final_acc_diff"]["value"], (0.5 + 0.4) / 2 - (0.6 + 0.4) / 2)
+
+
+def test_time_ratio_when_every_seed_reached():
+    assert math.isclose(time_ratio([10.0, 20.0], [30.0, 30.0]), 0.5)
+    for a, b in (([10.0, math.inf], [30.0, 30.0]), ([10.0, 20.0], [30.0, math.inf]), ([math.inf], [math.inf])):
+        assert math.isnan(time_ratio(a, b))
+    c = compare([10.0, 20.0, 15.0], [30.0, 30.0, 30.0], time_ratio, 1.0)
+    assert math.isclose(c["value"], 0.5) and c["excludes_null"] is True and c["ci"][0] >= 1 / 3
 
 
 def test_phase_row_means_per_step():

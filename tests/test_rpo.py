@@ -116,6 +116,19 @@ def test_epsilon_one_caches_the_best_and_update_is_one_write(tmp_path):
     assert got["a"].version_step == 4 and got["a"].reward == 1.0
 
 
+def test_a_question_drawn_twice_in_a_step_gets_one_entry_picked_from_all_its_samples(tmp_path):
+    """DAPO's extra generation rounds (or an epoch boundary) can put one question in two groups of a step: the update
+    pools its samples and writes one entry. epsilon=1: the best over both groups (here in the second group)."""
+    cache = make_cache(tmp_path, {})
+    rollout = PartialRollout(rpo_cfg(epsilon=1.0), cache, 16)
+    samples = [Sample(uid=u, prompt_ids=[1], response_ids=[10 * k + i], behavior_logprobs=[-0.1], policy_step=3)
+               for k, u in enumerate(("a", "b", "a")) for i in range(2)]
+    batch = RolloutBatch(samples, group_size=2, rewards=[0.5, 0.0, 0.2, 0.1, 0.0, 1.0])
+    assert rollout.update(batch, step=4, generator=torch.Generator().manual_seed(0)) == 2
+    got = cache.get_many(["a", "b"])
+    assert got["a"].response_ids == [21] and got["a"].reward == 1.0 and got["b"].response_ids == [10]
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_model_path, dist):  # the real vLLM engine: only the full tier's test below uses it
     from conftest import compose

@@ -110,6 +110,17 @@ def test_dapo_dynamic_sampling_keeps_and_drops_groups(tmp_path, tiny_model_path)
     assert_policy_moved(tmp_path, tiny_model_path)
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "dapo"])
+def test_rpo_with_a_question_drawn_twice_in_a_step(tmp_path, tiny_model_path, algorithm):
+    """Two training questions and batches of four: every step draws each question twice (as DAPO's extra rounds do at
+    an epoch boundary). The cache update writes one entry per question, and the run goes on."""
+    rpo_train(tmp_path, f"algorithm={algorithm}", "rpo.enabled=true", "data.n_train=2", "trainer.total_steps=2",
+              "trainer.eval_every=0", *(["algorithm.max_gen_batches=3"] if algorithm == "dapo" else []))
+    rows = metrics(tmp_path)[1:]
+    assert [r["step"] for r in rows] == [1, 2] and all(0 < r["cache_written"] <= 2 for r in rows), rows
+    assert_policy_moved(tmp_path, tiny_model_path)
+
+
 def test_unknown_algorithm_lists_the_registered_ones(tmp_path):
     proc = rpo_train(tmp_path, "algorithm.name=ppo", check=False)
     assert proc.returncode == 2
