@@ -153,7 +153,7 @@ def test_default_config_validates():
     assert cfg.algorithm.name == "grpo" and cfg.rpo.enabled is False
 
 
-@pytest.mark.parametrize("experiment", ["paper_table_small", "paper_table_gsm8k"])
+@pytest.mark.parametrize("experiment", ["paper_table_small", "paper_table_gsm8k", "long_reasoning", "cpu_fast"])
 @pytest.mark.parametrize("algorithm", ["grpo", "dapo", "rapid"])
 def test_experiment_bundles_validate_with_rpo(experiment, algorithm):
     validate_config(compose(f"experiment={experiment}", f"algorithm={algorithm}", "rpo.enabled=true",

@@ -1,0 +1,69 @@
+"""The default training run with the plain fp32 learner, with the exact shared-prefix learner (what `make train` runs)
+and with every throughput lever (conf/experiment/cpu_fast.yaml: + bf16 engine and learner), one after the other in one
+invocation: end-to-end wall time, time per step by phase, the learning curve and the vLLM-vs-learner mismatch.
+
+    python experiments/bench_make_train.py [hydra overrides for both runs...]
+
+Each run is a plain `rpo-train` of the default config plus the arm's overrides, under multirun/bench_make_train/<time>/."""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = {"plain fp32": [], "shared prefix": ["learner.shared_prefix=true"], "cpu_fast": ["experiment=cpu_fast"]}
+PHASES = ("time_rollout", "time_train", "time_sync", "time_eval")
+
+
+def run_arm(out: Path, overrides: list[str]) -> float:
+    """One `rpo-train` process; its wall time in seconds (model load and engine start-up included)."""
+    cmd = [sys.executable, "-m", "rpo_core.train", *overrides, "trainer.progress=false", f"trainer.output_dir={out}"]
+    print("$", " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.perf_counter() - t0
+
+
+def summarize(out: Path, wall_s: float) -> dict:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["step"] > 0]
+    evals = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
+    return {
+        "wall_s": wall_s,
+        "step_s": statistics.fmean(r["time_step"] for r in steps),
+        **{p: statistics.fmean(r.get(p) or 0.0 for r in steps) for p in PHASES},
+        "reward_first": steps[0]["reward_mean"], "reward_last": steps[-1]["reward_mean"],
+        "reward_last4": statistics.fmean(r["reward_mean"] for r in steps[-4:]),
+        "acc_before": evals[0], "acc_after": evals[-1],
+        "reward_curve": [round(r["reward_mean"], 3) for r in steps],
+        "mismatch": statistics.fmean(r["logprob_mismatch"] for r in steps),
+        "peak_rss_gb": max(r.get("peak_rss_gb") or 0.0 for r in steps),
+    }
+
+
+def main() -> None:
+    sweep = ROOT / "multirun" / "bench_make_train" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    results = {}
+    for k, (name, overrides) in enumerate(ARMS.items()):
+        out = sweep / str(k)
+        results[name] = summarize(out, run_arm(out, [*overrides, *sys.argv[1:]]))
+    (sweep / "bench.json").write_text(json.dumps(results, indent=2))
+    base = results["plain fp32"]
+    print(f"\n{sweep}  (times: the arm's value, then plain fp32 / arm)")
+    print("| metric | " + " | ".join(results) + " |\n|---|" + "---|" * len(results))
+    for key in (k for k in base if k != "reward_curve"):
+        timed = key.endswith("_s") or key.startswith("time_")
+        cells = [f"{r[key]:.3f}" + (f" ({base[key] / r[key]:.2f}x)" if timed and r is not base and r[key] else "")
+                 for r in results.values()]
+        print(f"| {key} | " + " | ".join(cells) + " |")
+    print("\nsampled reward per step")
+    for name, r in results.items():
+        print(f"{name:>14}: " + " ".join(f"{x:.2f}" for x in r["reward_curve"]))
+
+
+if __name__ == "__main__":
+    main()
