@@ -22,6 +22,10 @@ class RAPID(Algorithm):
             raise checks.ConfigError(f"{a}.inference_batch_size={inf} must be a multiple of {a}.train_batch_size={B}")
         checks.number(cfg, f"{a}.is_clip", 1.0)
         checks.choice(cfg, f"{a}.is_level", core.IS_LEVELS)
+        G, micro = cfg.rollout.group_size, cfg.learner.micro_batch_size
+        if not cfg.learner.micro_batch_tokens and micro % G:  # its group baseline is computed inside the loss
+            raise checks.ConfigError(f"learner.micro_batch_size={micro} must be a multiple of rollout.group_size={G} "
+                                     f"for RAPID (its baseline needs whole groups in a micro-batch)")
         if cfg.algorithm.mini_batches_per_rollout != 1:
             raise checks.ConfigError(f"{a}.mini_batches_per_rollout={cfg.algorithm.mini_batches_per_rollout}: RAPID "
                                      f"sets its steps per rollout as {a}.inference_batch_size / {a}.train_batch_size")

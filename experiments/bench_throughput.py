@@ -3,6 +3,7 @@ throughput levers, measured side by side in one run.
 
     python experiments/bench_throughput.py                    # SmolLM2-135M, 8 prompts x 8 samples, both lengths
     python experiments/bench_throughput.py --prompts 4 --lengths arithmetic
+    python experiments/bench_throughput.py --rollouts --learners fp32/chunk fp32/chunk/tokens   # a subset
 
 Every measurement runs in a fresh child process (vLLM reads its thread settings when its engine starts; peak memory
 is per process), one after the other so they never share the cores. Settings compared:
@@ -11,12 +12,16 @@ is per process), one after the other so they never share the cores. Settings com
            fp32/reserve0  rollout.cpu_reserved_cores=0: the model's threads on every core
            bf16/reserve0  rollout.dtype=bfloat16 as well (the mismatch to an fp32 learner is printed)
            hf             transformers generate (fp32), for the vLLM / HF ratio
+           */compiled     rollout.enforce_eager=false: vLLM compiles the model (engine start-up time printed)
+           */unseeded     rollout.per_request_seed=false: one RNG stream instead of a generator per request
   learner  fp32/full      fp32, the [N, T, vocab] logits at once (learner.logprob_chunk=0)
            fp32/chunk     learner.logprob_chunk=64
            bf16/chunk     learner.dtype=bfloat16 as well
            */shared       learner.shared_prefix=true: each group's shared tokens forwarded once
+           */tokens       learner.micro_batch_tokens=4096: rows sorted by length, micro-batches cut by padded tokens
            rpo:*          the same rollouts shaped as RPO trains on them (80% of a response kept as the shared prefix)
 
+"x old" is each setting's tokens/s over the first setting run in its table (fp32/reserve1; fp32/full by default).
 FLOPs are counted as 2 x parameters per generated token (rollout) and 6 x parameters per trained token (learner:
 forward and backward; attention's share is small at these lengths), and divided by the fp32 / bf16 GEMM peak measured
 here at the start. Learner tokens are every prompt and response token of the batch, so tokens/s is the work done per
@@ -38,11 +43,16 @@ sys.path.insert(0, str(ROOT))
 
 LENGTHS = {"arithmetic": ["data=arithmetic"], "gsm8k": ["data=gsm8k", "data.max_new_tokens=128"]}
 ROLLOUTS = {"fp32/reserve1": {"dtype": "float32", "reserved": None}, "fp32/reserve0": {"dtype": "float32", "reserved": 0},
-            "bf16/reserve0": {"dtype": "bfloat16", "reserved": 0}, "hf": {"dtype": "float32", "engine": "hf"}}
+            "bf16/reserve0": {"dtype": "bfloat16", "reserved": 0}, "hf": {"dtype": "float32", "engine": "hf"},
+            "fp32/reserve0/compiled": {"dtype": "float32", "reserved": 0, "eager": False},
+            "fp32/reserve0/unseeded": {"dtype": "float32", "reserved": 0, "seeded": False}}
 LEARNERS = {"fp32/full": {"dtype": "float32", "chunk": 0}, "fp32/chunk": {"dtype": "float32", "chunk": 64},
             "bf16/chunk": {"dtype": "bfloat16", "chunk": 64},
             "fp32/chunk/shared": {"dtype": "float32", "chunk": 64, "shared": True},
-            "bf16/chunk/shared": {"dtype": "bfloat16", "chunk": 64, "shared": True}}
+            "bf16/chunk/shared": {"dtype": "bfloat16", "chunk": 64, "shared": True},
+            "fp32/chunk/tokens": {"dtype": "float32", "chunk": 64, "tokens": 4096},
+            "fp32/chunk/shared/tokens": {"dtype": "float32", "chunk": 64, "shared": True, "tokens": 4096}}
+LEARNERS.update({f"rpo:{n}": {**LEARNERS[n], "rpo": True} for n in ("fp32/chunk", "fp32/chunk/shared", "bf16/chunk/shared")})
 RPO_KEEP = 0.8  # the RPO-shaped batch: every sample of a group keeps the first 80% of one response (L ~ 20%)
 
 
@@ -71,12 +81,16 @@ def rollout_child(overrides: list[str], setting: dict, n_prompts: int, out: Path
     from rpo_core.common.types import RolloutBatch, Sample
 
     reserved = "null" if setting.get("reserved") is None else setting["reserved"]  # null: vLLM's own default
+    vllm_only = [f"rollout.enforce_eager={str(setting.get('eager', True)).lower()}",
+                 f"rollout.per_request_seed={str(setting.get('seeded', True)).lower()}"]
     cfg = compose([*overrides, f"rollout={setting.get('engine', 'vllm')}", f"rollout.dtype={setting['dtype']}",
-                   f"rollout.cpu_reserved_cores={reserved}"])
+                   f"rollout.cpu_reserved_cores={reserved}", *([] if setting.get("engine") == "hf" else vllm_only)])
     path, problems, requests = rollout_requests(cfg, n_prompts)
     G = cfg.rollout.group_size
+    start = time.perf_counter()
     engine = build_engine(cfg.rollout, path, cfg.seed)
     engine.generate(requests[:1], 1.0)  # warm-up
+    startup = time.perf_counter() - start
     start = time.perf_counter()
     groups = engine.generate(requests, 1.0)
     seconds = time.perf_counter() - start
@@ -84,7 +98,7 @@ def rollout_child(overrides: list[str], setting: dict, n_prompts: int, out: Path
                for p, group in zip(problems, groups) for g in group]
     torch.save(RolloutBatch(samples, G, rewards=[float(i % 2) for i in range(len(samples))]), out.with_suffix(".pt"))
     tokens = sum(len(s.response_ids) for s in samples)
-    out.write_text(json.dumps({"tokens": tokens, "seconds": seconds, "params": _params(path)}))
+    out.write_text(json.dumps({"tokens": tokens, "seconds": seconds, "startup": startup, "params": _params(path)}))
     engine.close()
     os._exit(0)  # vLLM's engine process goes with us (no slow interpreter teardown)
 
@@ -93,7 +107,8 @@ def learner_child(overrides: list[str], setting: dict, batch_file: Path, out: Pa
     from rpo_core.distributed import configure_environment, init_distributed
 
     cfg = compose([*overrides, f"learner.dtype={setting['dtype']}", f"learner.logprob_chunk={setting['chunk']}",
-                   f"learner.shared_prefix={str(setting.get('shared', False)).lower()}"])
+                   f"learner.shared_prefix={str(setting.get('shared', False)).lower()}",
+                   f"learner.micro_batch_tokens={setting.get('tokens', 0)}"])
     configure_environment("cpu")
     init_distributed("gloo")
     from algorithms import build_algorithm
@@ -154,6 +169,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--lengths", nargs="+", default=list(LENGTHS), choices=list(LENGTHS))
+    ap.add_argument("--rollouts", nargs="*", default=list(ROLLOUTS), choices=list(ROLLOUTS),
+                    help="rollout settings to run (fp32/reserve1 always runs: the learners train on its rollouts)")
+    ap.add_argument("--learners", nargs="*", default=list(LEARNERS), choices=list(LEARNERS))
     ap.add_argument("--work", default="/tmp/rpo-bench-throughput")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -174,32 +192,36 @@ def main() -> None:
         overrides = ["model=smollm2_135m", *LENGTHS[length], "rollout.group_size=8"]
         print(f"\n== {length}: {args.prompts} prompts x 8 samples, up to {compose(overrides).rollout.max_new_tokens} "
               f"new tokens")
-        print(f"{'rollout':16} {'tokens':>7} {'s':>7} {'tok/s':>8} {'x old':>6} {'% peak':>7}")
+        print(f"{'rollout':22} {'tokens':>7} {'s':>7} {'tok/s':>8} {'x old':>6} {'% peak':>7} {'start-up s':>10}")
         rollouts = {}
         for name, setting in ROLLOUTS.items():
+            if name != "fp32/reserve1" and name not in args.rollouts:
+                continue
             r = run_child("rollout", json.dumps(overrides), json.dumps(setting), str(args.prompts),
                           str(work / f"{length}-{name.replace('/', '_')}.json"))
             r["tps"] = r["tokens"] / r["seconds"]
             rollouts[name] = r
             share = 2 * r["params"] * r["tps"] / peak["bf16" if setting["dtype"] == "bfloat16" else "fp32"]
-            print(f"{name:16} {r['tokens']:7d} {r['seconds']:7.1f} {r['tps']:8.1f} "
-                  f"{r['tps'] / rollouts['fp32/reserve1']['tps']:6.2f} {100 * share:6.1f}%")
-        print(f"vLLM (old defaults) / HF generate: {rollouts['fp32/reserve1']['tps'] / rollouts['hf']['tps']:.2f}x; "
-              f"vLLM (best) / HF: {max(r['tps'] for n, r in rollouts.items() if n != 'hf') / rollouts['hf']['tps']:.2f}x")
+            print(f"{name:22} {r['tokens']:7d} {r['seconds']:7.1f} {r['tps']:8.1f} "
+                  f"{r['tps'] / rollouts['fp32/reserve1']['tps']:6.2f} {100 * share:6.1f}% {r['startup']:10.1f}")
+        if "hf" in rollouts:
+            print(f"vLLM (old defaults) / HF generate: {rollouts['fp32/reserve1']['tps'] / rollouts['hf']['tps']:.2f}x; "
+                  f"vLLM (best) / HF: {max(r['tps'] for n, r in rollouts.items() if n != 'hf') / rollouts['hf']['tps']:.2f}x")
         batch = work / f"{length}-fp32_reserve1.pt"  # the same fp32-engine rollouts for every learner setting
         print(f"{'learner':22} {'tokens':>7} {'s':>7} {'tok/s':>8} {'x old':>6} {'% peak':>7} {'peak GB':>8} {'mismatch':>9}")
         learners = {}
-        runs = [*LEARNERS.items(), *((f"rpo:{n}", {**LEARNERS[n], "rpo": True})
-                                     for n in ("fp32/chunk", "fp32/chunk/shared", "bf16/chunk/shared"))]
-        for name, setting in runs:
+        for name in args.learners:
+            setting = LEARNERS[name]
             r = run_child("learner", json.dumps(overrides), json.dumps(setting), str(batch),
                           str(work / f"{length}-learner-{name.replace('/', '_').replace(':', '_')}.json"))
             r["tps"] = r["tokens"] / r["seconds"]
             learners[name] = r
             share = 6 * r["params"] * r["tps"] / peak["bf16" if setting["dtype"] == "bfloat16" else "fp32"]
             print(f"{name:22} {r['tokens']:7d} {r['seconds']:7.1f} {r['tps']:8.1f} "
-                  f"{r['tps'] / learners['fp32/full']['tps']:6.2f} {100 * share:6.1f}% {r['peak_gb']:8.2f} "
+                  f"{r['tps'] / next(iter(learners.values()))['tps']:6.2f} {100 * share:6.1f}% {r['peak_gb']:8.2f} "
                   f"{r['mismatch']:9.4f}")
+        if not {"fp32/chunk", "rpo:fp32/chunk", "rpo:fp32/chunk/shared", "rpo:bf16/chunk/shared"} <= set(learners):
+            continue
         print(f"learner time per step, RPO-shaped batch vs the GRPO batch (fp32/chunk): plain "
               f"{learners['rpo:fp32/chunk']['seconds'] / learners['fp32/chunk']['seconds']:.2f}x, shared prefix "
               f"{learners['rpo:fp32/chunk/shared']['seconds'] / learners['fp32/chunk']['seconds']:.2f}x, shared prefix "

@@ -661,6 +661,8 @@ def copy_runs(runs: list[Run], sweep_dir: Path, out_dir: Path) -> None:
             if (run.path / name).is_file():
                 (dest / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(run.path / name, dest / name)
+            elif (dest / name).is_file():  # left by an earlier copy of this run (e.g. the error of a failed attempt)
+                (dest / name).unlink()
 
 
 def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command: str = "",

@@ -26,6 +26,7 @@ class VLLMEngine:
         # cores rollouts ran 6-10x faster than in-process.
         # inproc: the engine lives in the trainer process (VLLM_ENABLE_V1_MULTIPROCESSING=0).
         self.in_process = cfg.engine_process == "inproc"
+        self.per_request_seed = cfg.per_request_seed
         if self.in_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("rollout.engine_process=inproc needs a single trainer rank; use subprocess with torchrun")
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_process else "1"
@@ -69,7 +70,7 @@ class VLLMEngine:
                 n=r.n,
                 temperature=temperature,
                 max_tokens=max(1, r.max_new_tokens),
-                seed=r.seed,
+                seed=r.seed if self.per_request_seed else None,
                 logprobs=0,  # only the sampled token's logprob
                 skip_special_tokens=True,
             )

@@ -65,6 +65,7 @@ def validate_config(cfg: DictConfig) -> None:
     integer(cfg, "rollout.cpu_reserved_cores", 0, allow_none=True)
     if cfg.rollout.name == "vllm":
         choice(cfg, "rollout.engine_process", ("subprocess", "inproc"))
+        boolean(cfg, "rollout.per_request_seed")
         number(cfg, "rollout.kv_cache_gb", 0.0, strict_low=True)
         integer(cfg, "rollout.tensor_parallel_size", 1)
         number(cfg, "rollout.gpu_memory_utilization", 0.0, 1.0, strict_low=True)
@@ -75,6 +76,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("learner.backend='nccl' needs device=cuda; with device=cpu use learner.backend=gloo")
     choice(cfg, "learner.dtype", ("float32", "bfloat16"))
     integer(cfg, "learner.micro_batch_size", 1)
+    integer(cfg, "learner.micro_batch_tokens", 0)
     number(cfg, "learner.optim.lr", 0.0, strict_low=True)
     number(cfg, "learner.optim.grad_clip", 0.0)
     number(cfg, "learner.optim.weight_decay", 0.0)

@@ -120,21 +120,45 @@ def policy_logprobs(model, micro: TrainBatch, temperature: float, chunk: int, sh
     return response_logprobs(model, micro, temperature, chunk)
 
 
-def micro_batches(tb: TrainBatch, size: int, shared_prefix: bool) -> list[TrainBatch]:
-    """`tb` cut into micro-batches of `size` rows (whole groups with shared_prefix), each trimmed to its own widths."""
-    if shared_prefix:
-        size = max(1, size // tb.group_size) * tb.group_size
-    return [tb.rows(i, i + size).trimmed() for i in range(0, len(tb), size)]
+def micro_batches(tb: TrainBatch, size: int, shared_prefix: bool, tokens: int = 0) -> list[torch.Tensor]:
+    """Row numbers of each micro-batch of `tb`: every `size` rows in order (whole groups with shared_prefix), or with
+    tokens > 0 whole groups sorted by length and cut before rows x width (the trimmed micro-batch's padded size)
+    passes `tokens`, so short groups share a micro-batch instead of being padded to the long ones. (Whole groups:
+    RAPID's group baseline is computed inside the loss.)"""
+    if not tokens:
+        size = max(1, size // tb.group_size) * tb.group_size if shared_prefix else size
+        return [torch.arange(i, min(i + size, len(tb))) for i in range(0, len(tb), size)]
+    unit = tb.group_size
+    T = tb.response_mask.shape[1]
+    prompt_len = tb.attention_mask[:, :-T].sum(1).view(-1, unit).amax(1)
+    response_len = tb.response_mask.sum(1).view(-1, unit).amax(1)
+    cuts, current, p, t = [], [], 0, 0
+    for u in torch.argsort(prompt_len + response_len, stable=True).tolist():
+        wider_p, wider_t = max(p, int(prompt_len[u])), max(t, int(response_len[u]))
+        if current and (len(current) + 1) * unit * (wider_p + wider_t) > tokens:
+            cuts.append(current)
+            current, wider_p, wider_t = [], int(prompt_len[u]), int(response_len[u])
+        current.append(u)
+        p, t = wider_p, wider_t
+    cuts.append(current)
+    return [torch.cat([torch.arange(u * unit, (u + 1) * unit) for u in cut]) for cut in cuts]
+
+
+def learner_micro_batches(tb: TrainBatch, cfg) -> list[tuple[torch.Tensor, TrainBatch]]:
+    """(row numbers, rows trimmed to their own widths) of each micro-batch, as the learner config `cfg` cuts them."""
+    return [(index, tb.select(index).trimmed())
+            for index in micro_batches(tb, cfg.micro_batch_size, cfg.shared_prefix, cfg.micro_batch_tokens)]
 
 
 @torch.no_grad()
-def batched_logprobs(model, tb: TrainBatch, micro_batch_size: int, temperature: float, chunk: int = 0,
-                     shared_prefix: bool = False, device="cpu") -> torch.Tensor:
-    """policy_logprobs over the whole batch, micro-batch by micro-batch on `device`, without gradient: [N, T] on
-    the host."""
-    return _cat_padded([policy_logprobs(model, micro.to(device), temperature, chunk, shared_prefix).cpu()
-                        for micro in micro_batches(tb, micro_batch_size, shared_prefix)],
-                       width=tb.response_mask.shape[1])
+def batched_logprobs(model, tb: TrainBatch, cfg, temperature: float, device="cpu") -> torch.Tensor:
+    """policy_logprobs over the whole batch, micro-batch by micro-batch on `device` (as the learner config `cfg` cuts
+    them), without gradient: [N, T] on the host, in the batch's row order."""
+    order, logps = [], []
+    for index, micro in learner_micro_batches(tb, cfg):
+        order.append(index)
+        logps.append(policy_logprobs(model, micro.to(device), temperature, cfg.logprob_chunk, cfg.shared_prefix).cpu())
+    return _in_row_order(logps, order, width=tb.response_mask.shape[1])
 
 
 def combine_stats(parts: list[tuple[dict, float]]) -> dict[str, float]:
@@ -161,8 +185,7 @@ class ReferenceModel:
         self.cfg, self.temperature, self.device = learner_cfg, temperature, device
 
     def logprobs(self, tb: TrainBatch) -> torch.Tensor:
-        return batched_logprobs(self.model, tb, self.cfg.micro_batch_size, self.temperature, self.cfg.logprob_chunk,
-                                self.cfg.shared_prefix, self.device)
+        return batched_logprobs(self.model, tb, self.cfg, self.temperature, self.device)
 
 
 class DeepSpeedLearner:
@@ -201,8 +224,7 @@ class DeepSpeedLearner:
 
     def logprobs(self, tb: TrainBatch) -> torch.Tensor:
         """The current policy's logprobs of the batch, no gradient (pi_old before several steps on one rollout)."""
-        return batched_logprobs(self.engine, tb, self.cfg.micro_batch_size, self.temperature, self.cfg.logprob_chunk,
-                                self.cfg.shared_prefix, self.device)
+        return batched_logprobs(self.engine, tb, self.cfg, self.temperature, self.device)
 
     def train_step(self, tb: TrainBatch, loss_fn: LossFn, token_level: bool) -> StepResult:
         """One optimizer step on `tb`: gradients accumulated over micro-batches, each weighted by its share.
@@ -215,13 +237,14 @@ class DeepSpeedLearner:
         if self.world_size > 1:
             dist.all_reduce(totals)
         tokens_total, rows_total = totals[0].clamp(min=1).item(), totals[1].clamp(min=1).item()
-        parts, logps, finite = [], [], True
-        for micro in micro_batches(tb, self.cfg.micro_batch_size, self.cfg.shared_prefix):
+        parts, logps, order, finite = [], [], [], True
+        for index, micro in learner_micro_batches(tb, self.cfg):
             micro = micro.to(self.device)
             logp = policy_logprobs(self.engine, micro, self.temperature, self.cfg.logprob_chunk, self.cfg.shared_prefix)
             loss, stats = loss_fn(logp, micro)
             share = float(micro.loss_mask.sum().item() / tokens_total if token_level else len(micro) / rows_total)
             logps.append(logp.detach().cpu())
+            order.append(index)
             if not torch.isfinite(loss):
                 finite = False  # a non-finite loss would poison the weights: no backward, and no step below
                 continue
@@ -239,8 +262,8 @@ class DeepSpeedLearner:
             self.engine.zero_grad()
         stats = combine_stats(parts)
         stats["lr"] = float(self.engine.get_lr()[0])
-        return StepResult(logprobs=_cat_padded(logps, width=tb.response_mask.shape[1]), stats=stats, skipped=not finite,
-                          grad_norm=float("nan") if norm is None else float(norm))
+        return StepResult(logprobs=_in_row_order(logps, order, width=tb.response_mask.shape[1]), stats=stats,
+                          skipped=not finite, grad_norm=float("nan") if norm is None else float(norm))
 
     # ---------------------------------------------------------------- weights out
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -267,5 +290,7 @@ class DeepSpeedLearner:
         self.engine.load_checkpoint(folder, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
 
 
-def _cat_padded(chunks: list[torch.Tensor], width: int) -> torch.Tensor:
-    return torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1])) for c in chunks])
+def _in_row_order(chunks: list[torch.Tensor], order: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Micro-batch results (rows `order[k]` of the batch, trimmed) as one [N, width] tensor in the batch's row order."""
+    rows = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1])) for c in chunks])
+    return rows[torch.argsort(torch.cat(order))]

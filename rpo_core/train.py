@@ -250,8 +250,17 @@ def step_record(c: Components, mb: RolloutBatch, stats: dict, timer: PhaseTimer,
         "wall_time": time.perf_counter() - t_run,
         "peak_rss_gb": peak_memory_gb(),  # the trainer process during this step (the engine's processes not included)
     }
+    # generated tokens per second of the rollout phase; prompt + response tokens of the mini-batch per second of the
+    # train phase (every rank's share: the system's throughput); null on a step without that phase
+    trained = sum(len(s.prompt_ids) + len(s.response_ids) for s in mb.samples)
+    record["rollout_tokens_per_s"] = _per_second(record["rollout_tokens"], record.get("time_rollout"))
+    record["train_tokens_per_s"] = _per_second(trained, record.get("time_train"))
     record.update({f"reward_{part}": float(np.mean(v)) if v else None for part, v in mb.reward_parts.items()})
     return record | stats
+
+
+def _per_second(count: float, seconds: float | None) -> float | None:
+    return count / seconds if seconds else None
 
 
 # =====================================================================================================================

@@ -8,7 +8,9 @@ from transformers import AutoModelForCausalLM
 
 from rpo_core.common.batching import to_train_batch
 from rpo_core.common.types import RolloutBatch, Sample
-from rpo_core.learner import combine_stats, micro_batches, response_logprobs, shared_prefix_logprobs
+from conftest import compose
+from rpo_core.learner import (DeepSpeedLearner, batched_logprobs, combine_stats, micro_batches, response_logprobs,
+                              shared_prefix_logprobs)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,8 @@ def test_trimmed_micro_batch_matches_the_full_width_rows(model):
     tb = _batch()
     with torch.no_grad():
         wide = response_logprobs(model, tb, 1.0)
-        small = tb.rows(0, 2)
-        trimmed = micro_batches(tb, 2, shared_prefix=False)[0]  # the learner's cut
+        small = tb.select(torch.arange(2))
+        trimmed = tb.select(micro_batches(tb, 2, shared_prefix=False)[0]).trimmed()  # the learner's cut
         assert trimmed.input_ids.shape == small.trimmed().input_ids.shape
         assert trimmed.input_ids.shape[1] < small.input_ids.shape[1]  # padding to the batch's longest rows is gone
         narrow = response_logprobs(model, trimmed, 1.0)
@@ -99,3 +101,53 @@ def test_shared_prefix_forward_is_exact(model):
     assert (plain != 0).sum() == tb.response_mask.sum() and torch.allclose(plain, shared, atol=1e-5)
     worst = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(plain_grads, shared_grads))
     assert worst < 1e-5, worst
+
+
+def _mixed_lengths_batch():
+    """Four groups of 2 whose total lengths (prompt + response) are 28, 7, 21, 14 tokens: rows 0-1, 2-3, 4-5, 6-7."""
+    g = torch.Generator().manual_seed(1)
+    samples = []
+    for q, (p, t) in enumerate([(10, 18), (3, 4), (7, 14), (5, 9)]):
+        prompt = torch.randint(0, 1000, (p,), generator=g).tolist()
+        for i in range(2):
+            response = torch.randint(0, 1000, (t - i,), generator=g).tolist()  # the group's second row one shorter
+            samples.append(Sample(uid=str(q), prompt_ids=prompt, response_ids=response,
+                                  behavior_logprobs=[0.0] * len(response)))
+    return to_train_batch(RolloutBatch(samples, group_size=2, rewards=[1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]),
+                          pad_id=0, step=1)
+
+
+def test_token_budget_micro_batches_sort_by_length_and_cut_at_the_budget():
+    tb = _mixed_lengths_batch()
+    # whole groups by their longest row: 7 (rows 2-3), 14 (6-7), 21 (4-5), 28 (0-1); 2 groups x 2 rows x 14 = 56 fits
+    # in 60, 3 x 2 x 21 does not; a group over the budget on its own (2 x 21 = 42 > 30) still gets its micro-batch
+    for shared_prefix in (False, True):
+        assert [m.tolist() for m in micro_batches(tb, 99, shared_prefix, tokens=60)] == [[2, 3, 6, 7], [4, 5], [0, 1]]
+        assert [m.tolist() for m in micro_batches(tb, 99, shared_prefix, tokens=30)] == [[2, 3], [6, 7], [4, 5], [0, 1]]
+    assert [m.tolist() for m in micro_batches(tb, 3, shared_prefix=False)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert [m.tolist() for m in micro_batches(tb, 3, shared_prefix=True)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_token_budget_learner_step_equals_the_row_cut(tiny_model_path, dist, shared_prefix):
+    """Micro-batches cut by token budget (rows sorted by length) give the row cut's optimizer step and return every
+    row's logprobs in the batch's order."""
+    tb = _mixed_lengths_batch()
+    tb.advantages = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0])
+
+    def loss_fn(logp, mb):  # a token-mean policy gradient with the rows' +-1 advantages
+        return -(logp * mb.advantages[:, None] * mb.loss_mask).sum() / mb.loss_mask.sum(), {}
+
+    results = []
+    for tokens in (0, 60):
+        cfg = compose("model=tiny", "learner.micro_batch_size=2", f"learner.micro_batch_tokens={tokens}",
+                      f"learner.shared_prefix={str(shared_prefix).lower()}", "learner.optim.lr=1e-2")
+        learner = DeepSpeedLearner(tiny_model_path, cfg.learner, cfg.learner.optim, temperature=1.0)
+        before = batched_logprobs(learner.engine, tb, cfg.learner, 1.0)
+        step = learner.train_step(tb, loss_fn, token_level=True)
+        results.append((before, step.logprobs, batched_logprobs(learner.engine, tb, cfg.learner, 1.0)))
+    (before, during, after), (before_t, during_t, after_t) = results
+    assert (tb.advantages != 0).all() and (after - before).abs().max() > 1e-2  # the step moved the policy
+    assert torch.allclose(during, before, atol=1e-5)  # the step's logprobs are the pre-update ones, row by row
+    assert torch.allclose(before_t, before, atol=1e-5) and torch.allclose(during_t, during, atol=1e-5)
+    assert torch.allclose(after_t, after, atol=1e-4), (after_t - after).abs().max()

@@ -255,3 +255,18 @@ def test_empty_sweep_is_a_clear_error(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as e:
         rep.main([str(tmp_path)])
     assert e.value.code == 2 and "no run under" in capsys.readouterr().err
+
+
+def test_copy_runs_again_after_a_failed_run_was_rerun(sweep: Path, tmp_path: Path):
+    """A run that failed, was copied, then re-run to completion: the new copy holds no stale error.txt."""
+    out = tmp_path / "o"
+    rep.main([str(sweep), "--out", str(out), "--copy-runs"])
+    assert (out / "runs" / "4" / "error.txt").is_file()
+    (sweep / "4" / "error.txt").unlink()
+    write_run(sweep / "4b", "grpo", 2, rpo=True, acc=(0.25, 0.40), cache_init=12.0, steps=[gen(48, 3, 5)] * 3)
+    for name in ("config.yaml", "metrics.jsonl"):
+        (sweep / "4b" / name).rename(sweep / "4" / name)
+    rep.main([str(sweep), "--out", str(out), "--copy-runs"])
+    assert not (out / "runs" / "4" / "error.txt").exists()
+    again = rep.build_report(out / "runs", tmp_path / "again")
+    assert {(r["method"], r["seed"]): r["status"] for r in again["runs"]}[("grpo+RPO", 2)] == "ok"

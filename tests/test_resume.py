@@ -27,8 +27,8 @@ RUN = ["rpo.enabled=true", "rpo.max_truncate=8", f"trainer.total_steps={STEPS}",
        "trainer.keep_last=2", "trainer.eval_every=2"]
 # Wall-clock measurements differ between any two runs; the reward verdict cache lives in memory, so after a resume
 # it starts cold and its hit/worker-call counters differ (the verdicts do not).
-VOLATILE = ("time_", "wall_time", "peak_rss_gb", "cache_init_seconds", "reward_seconds", "reward_cache_hits",
-            "reward_worker_calls")
+VOLATILE = ("time_", "wall_time", "peak_rss_gb", "rollout_tokens_per_s", "train_tokens_per_s", "cache_init_seconds",
+            "reward_seconds", "reward_cache_hits", "reward_worker_calls")
 
 
 def comparable(rows: list[dict]) -> list[dict]:

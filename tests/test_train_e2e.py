@@ -18,7 +18,8 @@ pytestmark = pytest.mark.full
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["step", "reward_mean", "accuracy", "rollout_tokens", "time_rollout", "time_reward", "time_train",
-            "time_sync", "time_step", "logprob_mismatch", "sync_bytes", "peak_rss_gb", "dead_groups"]
+            "time_sync", "time_step", "logprob_mismatch", "sync_bytes", "peak_rss_gb", "dead_groups",
+            "rollout_tokens_per_s", "train_tokens_per_s"]
 SMALL = ["model=tiny", "data=parity", "trainer.eval_size=8", "algorithm.train_batch_size=4", "rollout.group_size=4",
          "learner.optim.lr=1e-3", "trainer.progress=false"]
 
@@ -61,6 +62,8 @@ def test_two_step_grpo_run_logs_every_phase(tmp_path, tiny_model_path):
         missing = [k for k in REQUIRED if k not in r]
         assert not missing, missing
         assert r["rollout_tokens"] > 0 and r["time_step"] > 0
+        assert r["rollout_tokens_per_s"] == pytest.approx(r["rollout_tokens"] / r["time_rollout"])
+        assert r["train_tokens_per_s"] > r["rollout_tokens"] / r["time_train"]  # prompts are trained tokens too
         assert r["synced_tensors"] > 0
         # fp32 vLLM and fp32 learner score the same sampled tokens almost identically
         assert 0 <= r["logprob_mismatch"] < 1e-3

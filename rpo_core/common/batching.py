@@ -51,11 +51,12 @@ class TrainBatch:
                 cut[name] = value[:, P - p : P + t] if value.shape[1] == P + self.response_mask.shape[1] else value[:, :t]
         return replace(self, **cut)
 
-    def rows(self, start: int, end: int) -> "TrainBatch":
+    def select(self, index: torch.Tensor) -> "TrainBatch":
+        """The rows at `index` (a 1-D tensor of row numbers), in that order."""
         cut = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in cut.items():
             if isinstance(value, torch.Tensor):
-                cut[name] = value[start:end]
+                cut[name] = value[index.to(value.device)]
         return replace(self, **cut)
 
 
