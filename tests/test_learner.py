@@ -9,8 +9,7 @@ from transformers import AutoModelForCausalLM
 from rpo_core.common.batching import to_train_batch
 from rpo_core.common.types import RolloutBatch, Sample
 from conftest import compose
-from rpo_core.learner import (DeepSpeedLearner, batched_logprobs, combine_stats, micro_batches, response_logprobs,
-                              shared_prefix_logprobs)
+from rpo_core.learner import batched_logprobs, combine_stats, micro_batches, response_logprobs, shared_prefix_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -129,25 +128,13 @@ def test_token_budget_micro_batches_sort_by_length_and_cut_at_the_budget():
 
 
 @pytest.mark.parametrize("shared_prefix", [False, True])
-def test_token_budget_learner_step_equals_the_row_cut(tiny_model_path, dist, shared_prefix):
-    """Micro-batches cut by token budget (rows sorted by length) give the row cut's optimizer step and return every
-    row's logprobs in the batch's order."""
+def test_token_budget_micro_batches_return_logprobs_in_row_order(model, shared_prefix):
+    """Micro-batches cut by token budget (groups sorted by length) give every row its own logprobs, in the batch's
+    order, as the row cut and the plain full-batch computation do."""
     tb = _mixed_lengths_batch()
-    tb.advantages = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0])
-
-    def loss_fn(logp, mb):  # a token-mean policy gradient with the rows' +-1 advantages
-        return -(logp * mb.advantages[:, None] * mb.loss_mask).sum() / mb.loss_mask.sum(), {}
-
-    results = []
-    for tokens in (0, 60):
+    with torch.no_grad():
+        plain = response_logprobs(model, tb, 1.0)
+    for tokens in (0, 30, 60):
         cfg = compose("model=tiny", "learner.micro_batch_size=2", f"learner.micro_batch_tokens={tokens}",
-                      f"learner.shared_prefix={str(shared_prefix).lower()}", "learner.optim.lr=1e-2")
-        learner = DeepSpeedLearner(tiny_model_path, cfg.learner, cfg.learner.optim, temperature=1.0)
-        before = batched_logprobs(learner.engine, tb, cfg.learner, 1.0)
-        step = learner.train_step(tb, loss_fn, token_level=True)
-        results.append((before, step.logprobs, batched_logprobs(learner.engine, tb, cfg.learner, 1.0)))
-    (before, during, after), (before_t, during_t, after_t) = results
-    assert (tb.advantages != 0).all() and (after - before).abs().max() > 1e-2  # the step moved the policy
-    assert torch.allclose(during, before, atol=1e-5)  # the step's logprobs are the pre-update ones, row by row
-    assert torch.allclose(before_t, before, atol=1e-5) and torch.allclose(during_t, during, atol=1e-5)
-    assert torch.allclose(after_t, after, atol=1e-4), (after_t - after).abs().max()
+                      f"learner.shared_prefix={str(shared_prefix).lower()}")
+        assert torch.allclose(batched_logprobs(model, tb, cfg.learner, 1.0), plain, atol=1e-5), tokens

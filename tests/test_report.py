@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -266,7 +267,9 @@ def test_copy_runs_again_after_a_failed_run_was_rerun(sweep: Path, tmp_path: Pat
     write_run(sweep / "4b", "grpo", 2, rpo=True, acc=(0.25, 0.40), cache_init=12.0, steps=[gen(48, 3, 5)] * 3)
     for name in ("config.yaml", "metrics.jsonl"):
         (sweep / "4b" / name).rename(sweep / "4" / name)
+    shutil.rmtree(sweep / "4b")
     rep.main([str(sweep), "--out", str(out), "--copy-runs"])
     assert not (out / "runs" / "4" / "error.txt").exists()
     again = rep.build_report(out / "runs", tmp_path / "again")
-    assert {(r["method"], r["seed"]): r["status"] for r in again["runs"]}[("grpo+RPO", 2)] == "ok"
+    run4 = {(r["method"], r["seed"]): r for r in again["runs"]}[("grpo+RPO", 2)]
+    assert run4["status"] == "ok", run4
