@@ -345,6 +345,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     configure_environment(cfg.device)
+    retire_failure_record(Path(cfg.trainer.output_dir))
     try:
         train(cfg)
     except Exception as e:
@@ -355,6 +356,15 @@ def _hydra_main(cfg: DictConfig) -> None:
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
             sys.exit(2)
         raise
+
+
+def retire_failure_record(out: Path) -> None:
+    """A run started again in a folder that holds an earlier attempt's error.txt: keep that record as
+    error.previous.txt, so the folder no longer reads as failed once this attempt completes (rpo-report)."""
+    try:
+        (out / "error.txt").replace(out / "error.previous.txt")
+    except FileNotFoundError:  # no earlier failure, or another rank moved it first
+        pass
 
 
 def _record_failure(cfg, e: Exception) -> None:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from experiments import report as rep
+from rpo_core.train import retire_failure_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 G, QUESTIONS = 4, 2  # group size and questions per generation: 8 sampled responses per generating step
@@ -259,11 +260,13 @@ def test_empty_sweep_is_a_clear_error(tmp_path: Path, capsys):
 
 
 def test_copy_runs_again_after_a_failed_run_was_rerun(sweep: Path, tmp_path: Path):
-    """A run that failed, was copied, then re-run to completion: the new copy holds no stale error.txt."""
+    """A run that failed, was copied, then re-run to completion: rpo-train moves the earlier error.txt aside when it
+    starts again, and the new copy holds no stale error.txt (the run reads as ok)."""
     out = tmp_path / "o"
     rep.main([str(sweep), "--out", str(out), "--copy-runs"])
     assert (out / "runs" / "4" / "error.txt").is_file()
-    (sweep / "4" / "error.txt").unlink()
+    retire_failure_record(sweep / "4")
+    assert (sweep / "4" / "error.previous.txt").is_file()
     write_run(sweep / "4b", "grpo", 2, rpo=True, acc=(0.25, 0.40), cache_init=12.0, steps=[gen(48, 3, 5)] * 3)
     for name in ("config.yaml", "metrics.jsonl"):
         (sweep / "4b" / name).rename(sweep / "4" / name)
