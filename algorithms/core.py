@@ -57,6 +57,11 @@ def _grouped(values: Tensor, group_size: int, name: str = "rewards") -> Tensor:
     return values.view(-1, group_size)
 
 
+def _constant(grouped: Tensor) -> Tensor:
+    """[B, 1] bool: the group's values are all (exactly) equal."""
+    return (grouped == grouped[:, :1]).all(dim=1, keepdim=True)
+
+
 def _group_std(grouped: Tensor) -> Tensor:
     """Unbiased sample std of each group, [B, 1]; 0 for groups of one (torch.std would give NaN)."""
     if grouped.shape[1] == 1:
@@ -117,13 +122,14 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 def group_advantages(rewards: Tensor, group_size: int, normalize_std: bool = True, eps: float = 1e-6) -> Tensor:
     """A_i = (r_i - mean_g r) / (std_g r + eps) (unbiased std), or r_i - mean_g r without std; 0 for G = 1.
 
-    rewards: flat [B*G], consecutive groups of `group_size`. Returns [B*G]. All-equal rewards give 0.
+    rewards: flat [B*G], consecutive groups of `group_size`. Returns [B*G]. All-equal rewards give exactly 0.
     """
     grouped = _grouped(rewards, group_size)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     if normalize_std:
         centred = centred / (_group_std(grouped) + eps)
-    return centred.reshape(-1)
+    # The float mean of equal rewards can miss them by an ulp (8 x 0.7 in fp32), which / (0 + eps) makes ~0.05.
+    return torch.where(_constant(grouped), torch.zeros_like(centred), centred).reshape(-1)
 
 
 def count_constant_groups(rewards: Tensor, group_size: int) -> Tensor:
@@ -132,8 +138,7 @@ def count_constant_groups(rewards: Tensor, group_size: int) -> Tensor:
     Such a group is dead: every advantage in it is 0 (group_advantages, and rapid_advantages whatever the
     weights), so it adds no gradient, only tokens to the denominators. A group of one is always constant.
     """
-    grouped = _grouped(rewards.detach(), group_size)
-    return (grouped == grouped[:, :1]).all(dim=1).sum()
+    return _constant(_grouped(rewards.detach(), group_size)).sum()
 
 
 def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:
@@ -471,15 +476,15 @@ def rapid_advantages(
     rewards: Tensor, weights: Tensor, group_size: int, normalize_std: bool = True, eps: float = 1e-6
 ) -> Tensor:
     """A_i = (r_i - b_g) / (std_g r + eps), b_g = weighted_group_baseline (unbiased plain std); r_i - b_g
-    without std; 0 for G = 1. With all weights equal it is exactly group_advantages."""
+    without std; exactly 0 for all-equal rewards (G = 1 included). With all weights equal it is exactly
+    group_advantages."""
     baseline = weighted_group_baseline(rewards, weights, group_size).view(-1, group_size)
     grouped = _grouped(rewards, group_size)
     centred = grouped - baseline
-    if group_size == 1:
-        centred = torch.zeros_like(centred)
-    elif normalize_std:
+    if normalize_std:
         centred = centred / (_group_std(grouped) + eps)
-    return centred.reshape(-1)
+    # sum(w r) / sum(w) of equal r can miss r by an ulp: no signal must mean no gradient (see group_advantages)
+    return torch.where(_constant(grouped), torch.zeros_like(centred), centred).reshape(-1)
 
 
 def rapid_loss(

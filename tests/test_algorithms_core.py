@@ -72,6 +72,20 @@ def test_group_advantages_equal_rewards_and_groups_of_one_give_zero():
         assert torch.equal(single, torch.zeros(3, dtype=F64))
 
 
+def test_equal_rewards_that_float_means_miss_still_give_exactly_zero_advantage():
+    # fp32: the mean of eight 0.7s is not 0.7, and / (std 0 + eps) turned that ulp into advantages of ~0.056
+    for value in (0.7, 0.1, 1 / 3, 2.2):
+        rewards = torch.full((8,), value, dtype=torch.float32)
+        assert rewards.mean() != rewards[0] or value == 2.2  # the setting where a naive mean goes wrong
+        for normalize in (True, False):
+            assert torch.equal(group_advantages(rewards, 8, normalize_std=normalize), torch.zeros(8))
+            weights = torch.tensor([2.0, 0.5, 1.0, 1.7, 0.3, 1.1, 0.9, 1.3])  # sum(w r)/sum(w) misses 2.2 by an ulp
+            assert torch.equal(rapid_advantages(rewards, weights, 8, normalize_std=normalize), torch.zeros(8))
+    # a constant group beside a live one: only the constant group is zeroed
+    adv = group_advantages(torch.tensor([0.7] * 4 + [1.0, 0.0, 0.0, 1.0]), 4)
+    assert torch.equal(adv[:4], torch.zeros(4)) and adv[4:].abs().min() > 0.8
+
+
 def test_group_advantages_accepts_integer_rewards():
     assert_close(group_advantages(torch.tensor([1, 0]), 2, normalize_std=False), torch.tensor([0.5, -0.5]))
 
