@@ -93,6 +93,13 @@ class Algorithm:
             tb.loss_mask = tb.loss_mask * tb.finished[:, None]
         return tb
 
+    def inert_groups(self, tb: TrainBatch) -> torch.Tensor:
+        """[B] bool: groups whose every loss term, and so its gradient, is exactly 0 (all advantages 0, no KL term);
+        the learner may leave them out of the forward and backward. Call after `prepare`."""
+        if self.needs_reference:
+            return torch.zeros(len(tb) // tb.group_size, dtype=torch.bool)
+        return (tb.advantages.view(-1, tb.group_size) == 0).all(dim=1)
+
     def loss(self, logp: torch.Tensor, tb: TrainBatch) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         # pi_old: the rollout policy (its learner logprobs when this rollout feeds several steps, else logp itself)

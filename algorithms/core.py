@@ -132,13 +132,18 @@ def group_advantages(rewards: Tensor, group_size: int, normalize_std: bool = Tru
     return torch.where(_constant(grouped), torch.zeros_like(centred), centred).reshape(-1)
 
 
+def constant_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """[B] bool, detached: r_gj = r_g0 for all j (exact equality; a group of one is constant)."""
+    return _constant(_grouped(rewards.detach(), group_size))[:, 0]
+
+
 def count_constant_groups(rewards: Tensor, group_size: int) -> Tensor:
     """#{g : r_gj = r_g0 for all j}: groups whose rewards are all (exactly) equal, int64 0-dim, detached.
 
     Such a group is dead: every advantage in it is 0 (group_advantages, and rapid_advantages whatever the
     weights), so it adds no gradient, only tokens to the denominators. A group of one is always constant.
     """
-    return _constant(_grouped(rewards.detach(), group_size)).sum()
+    return constant_groups(rewards, group_size).sum()
 
 
 def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:

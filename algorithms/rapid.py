@@ -44,6 +44,12 @@ class RAPID(Algorithm):
             tb.loss_mask = tb.loss_mask * tb.finished[:, None]
         return tb
 
+    def inert_groups(self, tb: TrainBatch) -> torch.Tensor:
+        """Groups of equal rewards: their advantages are exactly 0 whatever the importance weights (rapid_advantages)."""
+        if self.needs_reference:
+            return torch.zeros(len(tb) // tb.group_size, dtype=torch.bool)
+        return core.constant_groups(tb.rewards, tb.group_size)
+
     def loss(self, logp: torch.Tensor, tb: TrainBatch) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         loss, stats = core.rapid_loss(

@@ -1,12 +1,14 @@
-"""The default training run with the plain fp32 learner, with the exact shared-prefix learner (what `make train` runs)
-and with every throughput lever (conf/experiment/cpu_fast.yaml: + bf16 engine and learner), one after the other in one
-invocation: end-to-end wall time, time per step by phase, the learning curve and the vLLM-vs-learner mismatch.
+"""The default training run with the plain fp32 learner, with the exact shared-prefix learner, with that learner also
+skipping inert groups (what `make train` runs) and with every throughput lever (conf/experiment/cpu_fast.yaml: + bf16
+engine and learner), one after the other in one invocation: end-to-end wall time, time per step by phase, the learning
+curve and the vLLM-vs-learner mismatch.
 
-    python experiments/bench_make_train.py [hydra overrides for both runs...]
+    python experiments/bench_make_train.py [--arms NAME ...] [hydra overrides for every run...]
 
 Each run is a plain `rpo-train` of the default config plus the arm's overrides, under multirun/bench_make_train/<time>/."""
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -15,7 +17,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = {"plain fp32": [], "shared prefix": ["learner.shared_prefix=true"], "cpu_fast": ["experiment=cpu_fast"]}
+ARMS = {  # the first arm is the baseline of the ratios
+    "plain fp32": ["learner.skip_inert_groups=false"],
+    "shared prefix": ["learner.shared_prefix=true", "learner.skip_inert_groups=false"],
+    "+ skip inert": ["learner.shared_prefix=true"],  # `make train`
+    "cpu_fast": ["experiment=cpu_fast"],  # bf16: pays only with native bf16 (AVX512-BF16 / AMX)
+}
 PHASES = ("time_rollout", "time_train", "time_sync", "time_eval")
 
 
@@ -42,18 +49,22 @@ def summarize(out: Path, wall_s: float) -> dict:
         "reward_curve": [round(r["reward_mean"], 3) for r in steps],
         "mismatch": statistics.fmean(r["logprob_mismatch"] for r in steps),
         "peak_rss_gb": max(r.get("peak_rss_gb") or 0.0 for r in steps),
+        "rows_skipped_share": sum(r.get("learner_rows_skipped", 0) for r in steps) / sum(r["samples"] for r in steps),
     }
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run, the first is the baseline")
+    args, overrides = ap.parse_known_args()
     sweep = ROOT / "multirun" / "bench_make_train" / time.strftime("%Y-%m-%d_%H-%M-%S")
     results = {}
-    for k, (name, overrides) in enumerate(ARMS.items()):
+    for k, name in enumerate(args.arms):
         out = sweep / str(k)
-        results[name] = summarize(out, run_arm(out, [*overrides, *sys.argv[1:]]))
+        results[name] = summarize(out, run_arm(out, [*ARMS[name], *overrides]))
     (sweep / "bench.json").write_text(json.dumps(results, indent=2))
-    base = results["plain fp32"]
-    print(f"\n{sweep}  (times: the arm's value, then plain fp32 / arm)")
+    base = results[args.arms[0]]
+    print(f"\n{sweep}  (times: the arm's value, then {args.arms[0]} / arm)")
     print("| metric | " + " | ".join(results) + " |\n|---|" + "---|" * len(results))
     for key in (k for k in base if k != "reward_curve"):
         timed = key.endswith("_s") or key.startswith("time_")

@@ -88,6 +88,7 @@ def validate_config(cfg: DictConfig) -> None:
     boolean(cfg, "learner.gradient_checkpointing")
     integer(cfg, "learner.logprob_chunk", 0)
     boolean(cfg, "learner.shared_prefix")
+    boolean(cfg, "learner.skip_inert_groups")
     # algorithm: each class checks its own options
     ALGORITHMS.get(cfg.algorithm.name).validate(cfg)
     # rpo

@@ -2,7 +2,7 @@
 the frozen reference model of the KL penalty."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -158,13 +158,16 @@ def batched_logprobs(model, tb: TrainBatch, cfg, temperature: float, device="cpu
     for index, micro in learner_micro_batches(tb, cfg):
         order.append(index)
         logps.append(policy_logprobs(model, micro.to(device), temperature, cfg.logprob_chunk, cfg.shared_prefix).cpu())
-    return _in_row_order(logps, order, width=tb.response_mask.shape[1])
+    return _in_row_order(logps, order, shape=tuple(tb.response_mask.shape))
 
 
 def combine_stats(parts: list[tuple[dict, float]]) -> dict[str, float]:
-    """Micro-batch stats -> mini-batch stats: `*_max` by max, `*_min` by min, the rest weighted by each share."""
+    """Micro-batch stats -> mini-batch stats: `*_max` by max, `*_min` by min, the rest weighted by each share (of
+    the shares given: the mean over the micro-batches computed)."""
     out: dict[str, float] = {}
+    total = sum(share for _, share in parts) or 1.0
     for stats, share in parts:
+        share = share / total
         for k, v in stats.items():
             v = float(v)
             if k.endswith("_max"):
@@ -226,31 +229,40 @@ class DeepSpeedLearner:
         """The current policy's logprobs of the batch, no gradient (pi_old before several steps on one rollout)."""
         return batched_logprobs(self.engine, tb, self.cfg, self.temperature, self.device)
 
-    def train_step(self, tb: TrainBatch, loss_fn: LossFn, token_level: bool) -> StepResult:
+    def train_step(self, tb: TrainBatch, loss_fn: LossFn, token_level: bool,
+                   inert_groups: Optional[torch.Tensor] = None) -> StepResult:
         """One optimizer step on `tb`: gradients accumulated over micro-batches, each weighted by its share.
 
         loss_fn(logp, micro) must return the loss of `micro` normalised as if it were the whole batch; we weight it by
         the micro-batch's share (token share when the loss is a token mean, row share otherwise), which makes the sum of
-        the micro losses equal the full-batch loss exactly."""
+        the micro losses equal the full-batch loss exactly. inert_groups [B] bool (Algorithm.inert_groups): groups
+        whose loss and gradient are exactly zero; they stay in the normalisers but are not computed, so the step is
+        the whole batch's (their logprobs come back NaN, the stats cover the computed rows)."""
         # Normalisers over the whole mini-batch, across ranks when each rank holds a shard of it.
         totals = torch.tensor([tb.loss_mask.sum().item(), float(len(tb))], device=self.device)  # nccl: on the GPU
         if self.world_size > 1:
             dist.all_reduce(totals)
         tokens_total, rows_total = totals[0].clamp(min=1).item(), totals[1].clamp(min=1).item()
+        rows = computed_rows(tb, inert_groups)
+        micros = [(rows[index], micro) for index, micro in learner_micro_batches(tb.select(rows), self.cfg)]
         parts, logps, order, finite = [], [], [], True
-        for index, micro in learner_micro_batches(tb, self.cfg):
+        for k, (index, micro) in enumerate(self._same_count_on_every_rank(micros)):
+            repeat = k >= len(micros)  # a zero-weight pass that only keeps this rank in step with the others
             micro = micro.to(self.device)
             logp = policy_logprobs(self.engine, micro, self.temperature, self.cfg.logprob_chunk, self.cfg.shared_prefix)
             loss, stats = loss_fn(logp, micro)
-            share = float(micro.loss_mask.sum().item() / tokens_total if token_level else len(micro) / rows_total)
-            logps.append(logp.detach().cpu())
-            order.append(index)
+            share = 0.0 if repeat else float(micro.loss_mask.sum().item() / tokens_total if token_level
+                                             else len(micro) / rows_total)
+            if not repeat:
+                logps.append(logp.detach().cpu())
+                order.append(index)
             if not torch.isfinite(loss):
                 finite = False  # a non-finite loss would poison the weights: no backward, and no step below
                 continue
             # DeepSpeed averages gradients over ranks; each rank holds 1/world of the batch.
             self.engine.backward(loss * share * self.world_size)
-            parts.append((stats, share * self.world_size))
+            if not repeat:
+                parts.append((stats, share * self.world_size))
         norm = None
         if finite and self.cfg.zero_stage < 2:  # full gradients sit in .grad until step(); ZeRO-2/3 report their own
             grads = [p.grad.float() for p in self.engine.module.parameters() if p.grad is not None]
@@ -262,8 +274,18 @@ class DeepSpeedLearner:
             self.engine.zero_grad()
         stats = combine_stats(parts)
         stats["lr"] = float(self.engine.get_lr()[0])
-        return StepResult(logprobs=_in_row_order(logps, order, width=tb.response_mask.shape[1]), stats=stats,
-                          skipped=not finite, grad_norm=float("nan") if norm is None else float(norm))
+        return StepResult(logprobs=_in_row_order(logps, order, shape=tuple(tb.response_mask.shape)), stats=stats,
+                          skipped=not finite, grad_norm=float("nan") if norm is None else float(norm),
+                          rows_computed=len(rows))
+
+    def _same_count_on_every_rank(self, micros: list) -> list:
+        """`micros`, followed by repeats of its first micro-batch until every rank has as many: ZeRO-2/3 reduce
+        gradients in each backward, a collective every rank must join (ranks' shards can cut into different counts)."""
+        if self.world_size == 1:
+            return micros
+        count = torch.tensor([len(micros)], device=self.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return micros + [micros[0]] * (int(count.item()) - len(micros))
 
     # ---------------------------------------------------------------- weights out
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -290,7 +312,22 @@ class DeepSpeedLearner:
         self.engine.load_checkpoint(folder, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
 
 
-def _in_row_order(chunks: list[torch.Tensor], order: list[torch.Tensor], width: int) -> torch.Tensor:
-    """Micro-batch results (rows `order[k]` of the batch, trimmed) as one [N, width] tensor in the batch's row order."""
-    rows = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1])) for c in chunks])
-    return rows[torch.argsort(torch.cat(order))]
+def computed_rows(tb: TrainBatch, inert_groups: Optional[torch.Tensor]) -> torch.Tensor:
+    """Row numbers of the groups not marked inert (all rows without a mask). If every group is inert the first is
+    computed anyway: every parameter then gets its (zero) gradient, so Adam still steps (its momentum moves the
+    weights) as on the whole batch, and every rank joins the gradient reduction."""
+    if inert_groups is None:
+        return torch.arange(len(tb))
+    live = ~inert_groups.bool().cpu()
+    if not live.any() and len(live):
+        live[0] = True
+    G = tb.group_size
+    return torch.cat([torch.arange(g * G, (g + 1) * G) for g in live.nonzero()[:, 0].tolist()])
+
+
+def _in_row_order(chunks: list[torch.Tensor], order: list[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    """Micro-batch results (rows `order[k]` of the batch, trimmed) as one [N, T] tensor in the batch's row order;
+    NaN on rows no micro-batch computed."""
+    out = torch.full(shape, float("nan"))
+    out[torch.cat(order)] = torch.cat([torch.nn.functional.pad(c, (0, shape[1] - c.shape[1])) for c in chunks])
+    return out

@@ -170,15 +170,18 @@ def update_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
     if c.reference is not None:
         tb.ref_logp = c.reference.logprobs(tb)
     tb = c.algorithm.prepare(tb)
-    result = c.learner.train_step(tb, c.algorithm.loss, c.algorithm.token_level)
+    inert = c.algorithm.inert_groups(tb) if c.cfg.learner.skip_inert_groups else None
+    result = c.learner.train_step(tb, c.algorithm.loss, c.algorithm.token_level, inert_groups=inert)
     pause_point("update", step)  # weights updated; engine, cache, metrics and checkpoint not yet
     # vLLM vs learner on the freshly generated tokens, both under the policy that generated them (with several steps per
     # rollout: the learner's logprobs taken before the first; RAPID's later steps also see the policy's drift)
     learner_logp = tb.rollout_logp if tb.rollout_logp is not None else result.logprobs
-    fresh = tb.response_mask * (1 - tb.prefix_mask)
-    mismatch = ((learner_logp - tb.behavior_logp).abs() * fresh).sum() / fresh.sum().clamp(min=1)
+    computed = ~learner_logp.isnan()  # rows of inert groups were not computed (learner.skip_inert_groups)
+    fresh = tb.response_mask * (1 - tb.prefix_mask) * computed
+    mismatch = ((learner_logp - tb.behavior_logp).nan_to_num().abs() * fresh).sum() / fresh.sum().clamp(min=1)
     return {**result.stats, "grad_norm": result.grad_norm, "update_skipped": float(result.skipped),
-            "logprob_mismatch": float(mismatch), "response_len_mean": float(tb.response_mask.sum(1).mean()),
+            "logprob_mismatch": float(mismatch), "learner_rows_skipped": len(tb) - result.rows_computed,
+            "response_len_mean": float(tb.response_mask.sum(1).mean()),
             "advantage_abs_mean": float(tb.advantages.abs().mean())}
 
 

@@ -769,3 +769,33 @@ def test_entropy_from_logits():
     assert_close(h, torch.distributions.Categorical(logits=logits).entropy())
     (grad,) = torch.autograd.grad(h.sum(), logits)
     assert bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "rapid"])
+def test_groups_an_algorithm_calls_inert_get_exactly_zero_gradient_from_its_loss(name):
+    """Algorithm.inert_groups lets the learner skip groups: each group it names must add exactly nothing to the loss's
+    gradient (here with importance weights away from 1 and rewards of 0.7 whose float mean is not 0.7), and a KL term
+    makes no group inert."""
+    from algorithms import build_algorithm
+    from conftest import compose
+    from rpo_core.common.batching import to_train_batch
+    from rpo_core.common.types import RolloutBatch, Sample
+
+    rewards = [1.0, 1.0, 1.0, 0.0, 0.7, 0.7, 0.0, 0.0]
+    samples = [Sample(uid=str(i // 2), prompt_ids=[1, 2], response_ids=[5, 6 + i, 7], behavior_logprobs=[-1.0, -1.5, -2.0])
+               for i in range(8)]
+    batch = RolloutBatch(samples, group_size=2, rewards=[torch.tensor(r).float().item() for r in rewards])
+    for kl in (0.0, 0.1):
+        algo = build_algorithm(compose(f"algorithm={name}", f"algorithm.kl_coef={kl}").algorithm, 16)
+        tb = algo.prepare(to_train_batch(batch, pad_id=0, step=1))
+        tb.rewards, tb.ref_logp = tb.rewards.float(), torch.full((8, 3), -1.2)
+        logp = (torch.full((8, 3), -1.3) + 0.05 * torch.arange(24.0).view(8, 3)).requires_grad_()
+        loss, _ = algo.loss(logp, tb)
+        loss.backward()
+        inert = algo.inert_groups(tb)
+        if kl:
+            assert not inert.any()
+            continue
+        assert inert.tolist() == [True, False, True, True]
+        grad = logp.grad.view(4, 2, 3)
+        assert torch.equal(grad[inert], torch.zeros_like(grad[inert])) and grad[1].abs().min() > 0

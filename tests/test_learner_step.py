@@ -1,6 +1,8 @@
 """One DeepSpeed optimizer step gives the same update however the learner cuts the batch into micro-batches."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -57,3 +59,50 @@ def test_token_budget_step_equals_the_whole_batch_step(tiny_model_path, dist, lo
         assert torch.allclose(result.logprobs, whole.logprobs, atol=1e-5), cut
         # a norm over all weights: Adam's first step is ~lr * sign(g), so a few near-zero gradient entries may flip
         assert _distance(weights, w_whole) < 1e-2 * moved, (cut, _distance(weights, w_whole), moved)
+
+
+def _advantage_loss(logp, mb):
+    """-A * logp averaged over the micro-batch's loss tokens: a group whose advantages are 0 adds exactly nothing."""
+    return -(mb.advantages.unsqueeze(1) * logp * mb.loss_mask).sum() / mb.loss_mask.sum(), {}
+
+
+def _learner(model_path, *overrides):
+    import deepspeed.utils.groups
+    from rpo_core.learner import DeepSpeedLearner
+
+    deepspeed.utils.groups._WORLD_GROUP = None
+    cfg = compose("model=tiny", "learner.optim.lr=1e-3", "learner.optim.grad_clip=0", *overrides)
+    return DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, temperature=1.0)
+
+
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_skipping_inert_groups_gives_the_whole_batch_step(tiny_model_path, dist, shared_prefix):
+    """Groups 1 and 3 have zero advantages: leaving them out of the forward and backward (they stay in the token
+    normaliser) gives the whole batch's gradient and weights; their logprobs come back NaN. Then a step on a batch
+    whose groups are all inert: it must still step (Adam's momentum moves the weights), as the unskipped step does."""
+    tb = _mixed_lengths_batch()
+    tb.advantages = torch.tensor([1.0, -1.0, 0.0, 0.0, -0.5, 0.5, 0.0, 0.0])
+    inert = torch.tensor([False, True, False, True])
+    sp = f"learner.shared_prefix={str(shared_prefix).lower()}"
+    before = dict(AutoModelForCausalLM.from_pretrained(tiny_model_path).named_parameters())
+    results, weights = [], []
+    for skip in (None, inert):
+        learner = _learner(tiny_model_path, "learner.micro_batch_size=2", sp)
+        results.append(learner.train_step(tb, _advantage_loss, token_level=True, inert_groups=skip))
+        weights.append({name: p.detach().clone() for name, p in learner.full_weights()})
+        still = replace(tb, advantages=torch.zeros(8))  # every group inert
+        learner.train_step(still, _advantage_loss, token_level=True,
+                           inert_groups=None if skip is None else torch.ones(4, dtype=torch.bool))
+        weights.append({name: p.detach().clone() for name, p in learner.full_weights()})
+    whole, skipped = results
+    assert whole.grad_norm > 1e-3
+    assert (whole.rows_computed, skipped.rows_computed) == (8, 4)
+    assert skipped.grad_norm == pytest.approx(whole.grad_norm, rel=1e-4)
+    live = torch.tensor([0, 1, 4, 5])
+    assert torch.allclose(skipped.logprobs[live], whole.logprobs[live], atol=1e-5)
+    assert skipped.logprobs[[2, 3, 6, 7]].isnan().all()
+    moved = _distance(weights[0], before)
+    assert _distance(weights[2], weights[0]) < 1e-2 * moved
+    momentum = _distance(weights[1], weights[0])  # the all-inert step moved the weights through Adam's momentum
+    assert momentum > 0.1 * moved, momentum
+    assert _distance(weights[3], weights[1]) < 1e-2 * momentum

@@ -129,3 +129,4 @@ class StepResult:
     stats: dict[str, float]  # the loss's statistics, combined over micro-batches (means weighted, max/min reduced)
     grad_norm: float  # global gradient norm before clipping (nan when the step was skipped)
     skipped: bool  # True when a non-finite loss made the learner skip the step
+    rows_computed: int  # rows forwarded and backpropagated (the others belonged to inert groups, see train_step)
