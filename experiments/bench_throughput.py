@@ -17,7 +17,8 @@ is per process), one after the other so they never share the cores. Settings com
   learner  fp32/full      fp32, the [N, T, vocab] logits at once (learner.logprob_chunk=0)
            fp32/chunk     learner.logprob_chunk=64
            bf16/chunk     learner.dtype=bfloat16 as well
-           */shared       learner.shared_prefix=true: each group's shared tokens forwarded once
+           */shared       learner.shared_prefix=true: each group's shared tokens forwarded once (full/shared: the
+                          output layer over all response tokens at once, no recompute in the backward)
            */tokens       learner.micro_batch_tokens=4096: rows sorted by length, micro-batches cut by padded tokens
            rpo:*          the same rollouts shaped as RPO trains on them (80% of a response kept as the shared prefix)
 
@@ -49,10 +50,12 @@ ROLLOUTS = {"fp32/reserve1": {"dtype": "float32", "reserved": None}, "fp32/reser
 LEARNERS = {"fp32/full": {"dtype": "float32", "chunk": 0}, "fp32/chunk": {"dtype": "float32", "chunk": 64},
             "bf16/chunk": {"dtype": "bfloat16", "chunk": 64},
             "fp32/chunk/shared": {"dtype": "float32", "chunk": 64, "shared": True},
+            "fp32/full/shared": {"dtype": "float32", "chunk": 0, "shared": True},
             "bf16/chunk/shared": {"dtype": "bfloat16", "chunk": 64, "shared": True},
             "fp32/chunk/tokens": {"dtype": "float32", "chunk": 64, "tokens": 4096},
             "fp32/chunk/shared/tokens": {"dtype": "float32", "chunk": 64, "shared": True, "tokens": 4096}}
-LEARNERS.update({f"rpo:{n}": {**LEARNERS[n], "rpo": True} for n in ("fp32/chunk", "fp32/chunk/shared", "bf16/chunk/shared")})
+LEARNERS.update({f"rpo:{n}": {**LEARNERS[n], "rpo": True} for n in ("fp32/chunk", "fp32/chunk/shared", "fp32/full/shared",
+                                                                  "bf16/chunk/shared")})
 RPO_KEEP = 0.8  # the RPO-shaped batch: every sample of a group keeps the first 80% of one response (L ~ 20%)
 
 
@@ -220,12 +223,12 @@ def main() -> None:
             print(f"{name:22} {r['tokens']:7d} {r['seconds']:7.1f} {r['tps']:8.1f} "
                   f"{r['tps'] / next(iter(learners.values()))['tps']:6.2f} {100 * share:6.1f}% {r['peak_gb']:8.2f} "
                   f"{r['mismatch']:9.4f}")
-        if not {"fp32/chunk", "rpo:fp32/chunk", "rpo:fp32/chunk/shared", "rpo:bf16/chunk/shared"} <= set(learners):
-            continue
-        print(f"learner time per step, RPO-shaped batch vs the GRPO batch (fp32/chunk): plain "
-              f"{learners['rpo:fp32/chunk']['seconds'] / learners['fp32/chunk']['seconds']:.2f}x, shared prefix "
-              f"{learners['rpo:fp32/chunk/shared']['seconds'] / learners['fp32/chunk']['seconds']:.2f}x, shared prefix "
-              f"bf16 {learners['rpo:bf16/chunk/shared']['seconds'] / learners['fp32/chunk']['seconds']:.2f}x")
+        if learners:  # what no batching can save: fp32 weights, gradients and Adam's two moments, 16 bytes a parameter
+            print(f"fp32 weights + gradients + Adam moments alone: {16 * r['params'] / 1e9:.2f} GB")
+        rpo = {name: r for name, r in learners.items() if name.startswith("rpo:")}
+        if "fp32/chunk" in learners and rpo:
+            print("learner time per step, RPO-shaped batch vs the GRPO batch (fp32/chunk): " + ", ".join(
+                f"{name[4:]} {r['seconds'] / learners['fp32/chunk']['seconds']:.2f}x" for name, r in rpo.items()))
 
 
 if __name__ == "__main__":

@@ -10,19 +10,37 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM
 
 from rpo_core.common.batching import TrainBatch
+from rpo_core.common.checks import ConfigError
 from rpo_core.common.types import StepResult
 from rpo_core.common.util import DTYPES
 
 LossFn = Callable[[torch.Tensor, TrainBatch], tuple[torch.Tensor, dict]]
+# Model config fields (and their "off" values) of architectures whose logits are not head(hidden): their forward
+# soft-caps (Gemma 2) or rescales (Cohere, Granite) them, which the paths calling decoder and head directly would skip.
+LOGIT_POSTPROCESSING = {"final_logit_softcapping": (None, 0, 0.0), "logit_scale": (None, 1, 1.0),
+                        "logits_scaling": (None, 1, 1.0)}
+
+
+def check_direct_head(model_config, cfg) -> None:
+    """Raise ConfigError when learner.logprob_chunk or learner.shared_prefix would skip the model's logit
+    post-processing (the plain path, logprob_chunk=0 without shared_prefix, runs the model's own forward)."""
+    if not (cfg.logprob_chunk or cfg.shared_prefix):
+        return
+    for field, off in LOGIT_POSTPROCESSING.items():
+        value = getattr(model_config, field, None)
+        if value not in off:
+            raise ConfigError(f"this model's forward post-processes its logits ({field}={value}), which "
+                              f"learner.logprob_chunk > 0 and learner.shared_prefix=true skip: set "
+                              f"learner.logprob_chunk=0 learner.shared_prefix=false")
 
 
 def response_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 0) -> torch.Tensor:
     """log pi(y_j | x, y_<j) / for every response token j: [N, T], zero on padding.
 
-    chunk > 0: the output layer and log-softmax run `chunk` positions at a time, each under activation checkpointing,
-    so the [N, T, vocab] logits never exist at once (nor their fp32 copy and softmax for backward); the backward
-    recomputes one chunk's logits at a time. Same values, a fraction of the memory, about one extra output-layer
-    forward per step."""
+    chunk > 0: the output layer and log-softmax run on the real response tokens only (no padding), `chunk` x rows
+    positions at a time, each under activation checkpointing, so the [N, T, vocab] logits never exist at once (nor
+    their fp32 copy and softmax for backward); the backward recomputes one chunk's logits at a time. Same values, a
+    fraction of the memory, about one extra output-layer forward per step. chunk = 0: the model's own forward."""
     T = tb.response_mask.shape[1]
     targets = tb.input_ids[:, -T:]
     if not chunk:
@@ -32,13 +50,7 @@ def response_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 0)
     hf = getattr(model, "module", model)  # a DeepSpeed engine wraps the Hugging Face model
     hidden = hf.get_decoder()(input_ids=tb.input_ids, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
                               use_cache=False).last_hidden_state[:, -T - 1 : -1]
-    head = hf.get_output_embeddings()
-    parts = []
-    for s in range(0, T, chunk):
-        args = (head, hidden[:, s : s + chunk], targets[:, s : s + chunk], temperature)
-        parts.append(checkpoint(_head_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
-                     else _head_logprobs(*args))
-    return torch.cat(parts, dim=1) * tb.response_mask
+    return masked_head_logprobs(hf.get_output_embeddings(), hidden, targets, tb.response_mask, temperature, chunk)
 
 
 def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 64) -> torch.Tensor:
@@ -71,14 +83,9 @@ def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
         index = torch.where(before[None] < shared, before[None], starts[:, None] + (before[None] - shared))
         valid = tb.response_mask[g : g + G].bool()
         index = torch.where(valid, index, torch.zeros_like(index)).to(hidden.device)
-        targets = tb.input_ids[g : g + G, P:]
-        head, chosen = hf.get_output_embeddings(), hidden[index]  # [G, T, H]: shared states repeat, gradients add up
-        parts = []
-        for s in range(0, T, chunk or T):
-            args = (head, chosen[:, s : s + (chunk or T)], targets[:, s : s + (chunk or T)], temperature)
-            parts.append(checkpoint(_head_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
-                         else _head_logprobs(*args))
-        out.append(torch.cat(parts, dim=1) * tb.response_mask[g : g + G])
+        chosen = hidden[index]  # [G, T, H]: shared states repeat, their gradients add up
+        out.append(masked_head_logprobs(hf.get_output_embeddings(), chosen, tb.input_ids[g : g + G, P:],
+                                        tb.response_mask[g : g + G], temperature, chunk))
     return torch.cat(out)
 
 
@@ -101,6 +108,26 @@ def _packed_mask(shared: int, lengths: list[int], dtype: torch.dtype) -> torch.T
 
 def _float_dtype(model) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def masked_head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, temperature: float,
+                         chunk: int) -> torch.Tensor:
+    """log softmax(head(h_j) / temperature)[y_j] where mask [N, T] is 1, 0 elsewhere, computed at those positions only.
+
+    chunk > 0: chunk x N positions at a time, each under activation checkpointing (the backward recomputes one chunk's
+    logits); 0: all at once, the logits kept for the backward (no recompute, more memory)."""
+    where = mask.bool()
+    h, y = hidden[where], targets[where]  # [n, H], [n]
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
+    if not len(y):
+        return out
+    size = chunk * mask.shape[0] if chunk else len(y)
+    recompute = chunk and torch.is_grad_enabled()
+    parts = [checkpoint(_head_logprobs, head, h[s : s + size], y[s : s + size], temperature, use_reentrant=False)
+             if recompute else _head_logprobs(head, h[s : s + size], y[s : s + size], temperature)
+             for s in range(0, len(y), size)]
+    out[where] = torch.cat(parts)
+    return out
 
 
 def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -200,6 +227,7 @@ class DeepSpeedLearner:
         self.cfg, self.temperature, self.world_size = cfg, temperature, world_size
         # Built normally (not under zero.Init, which skips transformers' weight init) and partitioned by initialize().
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[cfg.dtype])
+        check_direct_head(model.config, cfg)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         # A plain torch optimizer: DeepSpeed's fused/CPU Adam would JIT-compile for a minute or more.

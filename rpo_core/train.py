@@ -253,8 +253,9 @@ def step_record(c: Components, mb: RolloutBatch, stats: dict, timer: PhaseTimer,
         "wall_time": time.perf_counter() - t_run,
         "peak_rss_gb": peak_memory_gb(),  # the trainer process during this step (the engine's processes not included)
     }
-    # generated tokens per second of the rollout phase; prompt + response tokens of the mini-batch per second of the
-    # train phase (every rank's share: the system's throughput); null on a step without that phase
+    # generated tokens per second of the rollout phase; prompt + response tokens of the mini-batch (inert groups the
+    # learner skipped included) per second of the train phase (every rank's share: the system's throughput); null on a
+    # step without that phase
     trained = sum(len(s.prompt_ids) + len(s.response_ids) for s in mb.samples)
     record["rollout_tokens_per_s"] = _per_second(record["rollout_tokens"], record.get("time_rollout"))
     record["train_tokens_per_s"] = _per_second(trained, record.get("time_train"))

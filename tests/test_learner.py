@@ -9,7 +9,9 @@ from transformers import AutoModelForCausalLM
 from rpo_core.common.batching import to_train_batch
 from rpo_core.common.types import RolloutBatch, Sample
 from conftest import compose
-from rpo_core.learner import batched_logprobs, combine_stats, micro_batches, response_logprobs, shared_prefix_logprobs
+from rpo_core.common.checks import ConfigError
+from rpo_core.learner import (batched_logprobs, check_direct_head, combine_stats, micro_batches, response_logprobs,
+                              shared_prefix_logprobs)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +79,11 @@ def test_a_batch_moves_to_the_learner_device_whole():
     assert moved.group_size == tb.group_size
 
 
-def test_shared_prefix_forward_is_exact(model):
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_shared_prefix_forward_is_exact(model, chunk):
     """Groups of 3 sharing their prompt (group 0) and, as under RPO, 4 kept response tokens (group 1): forwarding the
-    shared tokens once per group gives the padded computation's logprobs and gradients."""
+    shared tokens once per group gives the padded computation's logprobs and gradients (output layer in checkpointed
+    chunks, or all at once)."""
     g = torch.Generator().manual_seed(0)
     samples = []
     for q in range(2):
@@ -91,7 +95,7 @@ def test_shared_prefix_forward_is_exact(model):
                                   behavior_logprobs=[0.0] * len(response), prefix_len=len(prefix)))
     tb = to_train_batch(RolloutBatch(samples, group_size=3, rewards=[1.0, 0.0] * 3), pad_id=0, step=1)
     results = []
-    for fn in (lambda: response_logprobs(model, tb, 0.7), lambda: shared_prefix_logprobs(model, tb, 0.7, chunk=2)):
+    for fn in (lambda: response_logprobs(model, tb, 0.7), lambda: shared_prefix_logprobs(model, tb, 0.7, chunk=chunk)):
         model.zero_grad()
         logp = fn()
         (logp * torch.arange(1, logp.numel() + 1, dtype=logp.dtype).view_as(logp)).sum().backward()
@@ -138,3 +142,16 @@ def test_token_budget_micro_batches_return_logprobs_in_row_order(model, shared_p
         cfg = compose("model=tiny", "learner.micro_batch_size=2", f"learner.micro_batch_tokens={tokens}",
                       f"learner.shared_prefix={str(shared_prefix).lower()}")
         assert torch.allclose(batched_logprobs(model, tb, cfg.learner, 1.0), plain, atol=1e-5), tokens
+
+
+def test_models_that_post_process_their_logits_refuse_the_direct_head_paths():
+    """Gemma 2 soft-caps its logits and Cohere/Granite rescale them inside forward(): the chunked and shared-prefix
+    paths, which call decoder and output layer themselves, would compute other logprobs than the engine samples from."""
+    from types import SimpleNamespace
+
+    direct, plain = compose("model=tiny").learner, compose("model=tiny", "learner.logprob_chunk=0").learner
+    for field, value in (("final_logit_softcapping", 30.0), ("logit_scale", 0.0625), ("logits_scaling", 8.0)):
+        with pytest.raises(ConfigError, match=field):
+            check_direct_head(SimpleNamespace(**{field: value}), direct)
+        check_direct_head(SimpleNamespace(**{field: value}), plain)  # the model's own forward: allowed
+    check_direct_head(SimpleNamespace(final_logit_softcapping=None, logit_scale=1.0), direct)  # off values
