@@ -349,8 +349,7 @@ def computed_rows(tb: TrainBatch, inert_groups: Optional[torch.Tensor]) -> torch
     live = ~inert_groups.bool().cpu()
     if not live.any() and len(live):
         live[0] = True
-    G = tb.group_size
-    return torch.cat([torch.arange(g * G, (g + 1) * G) for g in live.nonzero()[:, 0].tolist()])
+    return (live.nonzero() * tb.group_size + torch.arange(tb.group_size)).reshape(-1)
 
 
 def _in_row_order(chunks: list[torch.Tensor], order: list[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
