@@ -10,7 +10,8 @@ is per process), one after the other so they never share the cores. Settings com
 
   rollout  fp32/reserve1  the old defaults: fp32 engine, vLLM-CPU keeps one core for its scheduler
            fp32/reserve0  rollout.cpu_reserved_cores=0: the model's threads on every core
-           bf16/reserve0  rollout.dtype=bfloat16 as well (the mismatch to an fp32 learner is printed)
+           */block32      rollout.block_size=32 instead of vLLM-CPU's 128: the G samples of a prompt share its KV blocks
+           bf16/*         rollout.dtype=bfloat16 as well (the mismatch to an fp32 learner is printed)
            hf             transformers generate (fp32), for the vLLM / HF ratio
            */compiled     rollout.enforce_eager=false: vLLM compiles the model (engine start-up time printed)
            */unseeded     rollout.per_request_seed=false: one RNG stream instead of a generator per request
@@ -43,10 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 LENGTHS = {"arithmetic": ["data=arithmetic"], "gsm8k": ["data=gsm8k", "data.max_new_tokens=128"]}
-ROLLOUTS = {"fp32/reserve1": {"dtype": "float32", "reserved": None}, "fp32/reserve0": {"dtype": "float32", "reserved": 0},
-            "bf16/reserve0": {"dtype": "bfloat16", "reserved": 0}, "hf": {"dtype": "float32", "engine": "hf"},
-            "fp32/reserve0/compiled": {"dtype": "float32", "reserved": 0, "eager": False},
-            "fp32/reserve0/unseeded": {"dtype": "float32", "reserved": 0, "seeded": False}}
+ROLLOUTS = {"fp32/reserve1": {"dtype": "float32", "reserved": None, "block": None},
+            "fp32/reserve0": {"dtype": "float32", "reserved": 0, "block": None},
+            "fp32/reserve0/block32": {"dtype": "float32", "reserved": 0, "block": 32},
+            "bf16/reserve0/block32": {"dtype": "bfloat16", "reserved": 0, "block": 32},
+            "hf": {"dtype": "float32", "engine": "hf"},
+            "fp32/reserve0/block32/compiled": {"dtype": "float32", "reserved": 0, "block": 32, "eager": False},
+            "fp32/reserve0/block32/unseeded": {"dtype": "float32", "reserved": 0, "block": 32, "seeded": False}}
 LEARNERS = {"fp32/full": {"dtype": "float32", "chunk": 0}, "fp32/chunk": {"dtype": "float32", "chunk": 64},
             "bf16/chunk": {"dtype": "bfloat16", "chunk": 64},
             "fp32/chunk/shared": {"dtype": "float32", "chunk": 64, "shared": True},
@@ -84,7 +88,8 @@ def rollout_child(overrides: list[str], setting: dict, n_prompts: int, out: Path
     from rpo_core.common.types import RolloutBatch, Sample
 
     reserved = "null" if setting.get("reserved") is None else setting["reserved"]  # null: vLLM's own default
-    vllm_only = [f"rollout.enforce_eager={str(setting.get('eager', True)).lower()}",
+    block = "null" if setting.get("block") is None else setting["block"]  # null: vLLM's own default (128 on CPU)
+    vllm_only = [f"rollout.enforce_eager={str(setting.get('eager', True)).lower()}", f"rollout.block_size={block}",
                  f"rollout.per_request_seed={str(setting.get('seeded', True)).lower()}"]
     cfg = compose([*overrides, f"rollout={setting.get('engine', 'vllm')}", f"rollout.dtype={setting['dtype']}",
                    f"rollout.cpu_reserved_cores={reserved}", *([] if setting.get("engine") == "hf" else vllm_only)])

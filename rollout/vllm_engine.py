@@ -49,6 +49,7 @@ class VLLMEngine:
             # Logprobs after temperature, i.e. of the distribution the tokens were actually drawn from.
             logprobs_mode="processed_logprobs",
             enable_prefix_caching=cfg.enable_prefix_caching,
+            block_size=cfg.block_size,
             # vLLM-CPU bug: a chunked (partial) prefill rewinds the per-request seeded generator with set_offset,
             # which CPU generators lack, and the engine dies. Whole prefills avoid the path; seeds stay per request.
             enable_chunked_prefill=cfg.enable_chunked_prefill,

@@ -68,6 +68,9 @@ def validate_config(cfg: DictConfig) -> None:
         boolean(cfg, "rollout.per_request_seed")
         number(cfg, "rollout.kv_cache_gb", 0.0, strict_low=True)
         integer(cfg, "rollout.tensor_parallel_size", 1)
+        block = integer(cfg, "rollout.block_size", 1, allow_none=True)
+        if device == "cpu" and block is not None and block % 32:
+            raise ConfigError(f"rollout.block_size={block}: vLLM's CPU attention takes multiples of 32 (or null)")
         number(cfg, "rollout.gpu_memory_utilization", 0.0, 1.0, strict_low=True)
     # learner
     integer(cfg, "learner.zero_stage", 0, 3)

@@ -39,6 +39,8 @@ BAD = [
     (["trainer.eval_max_new_tokens=0"], "trainer.eval_max_new_tokens=0 must be >= 1"),
     (["trainer.eval_max_new_tokens=4096"], "trainer.eval_max_new_tokens=4096 must be < rollout.max_model_len=2048"),
     (["trainer.eval_size=0"], "trainer.eval_size=0 must be >= 1"),
+    (["rollout.block_size=16"], "rollout.block_size=16: vLLM's CPU attention takes multiples of 32 (or null)"),
+    (["rollout.block_size=0"], "rollout.block_size=0 must be >= 1"),
     (["cache.init_batch_size=0", *RPO_ON], "cache.init_batch_size=0 must be >= 1"),
     (["reward.num_workers=0"], "reward.num_workers=0 must be >= 1"),
     # RAPID: H = inference_batch_size / train_batch_size mini-batches per inference pass
@@ -178,6 +180,7 @@ def test_experiment_bundles_validate_with_rpo(experiment, algorithm):
     ["trainer.resume=auto"], ["trainer.resume=null"],
     ["rollout=hf", "rollout.temperature=0.01", "rollout.dtype=auto"],
     ["device=cuda", "learner.backend=nccl", "learner.dtype=bfloat16"],
+    ["device=cuda", "learner.backend=nccl", "rollout.block_size=16"], ["rollout.block_size=null"],
     ["model=tiny", "data=gsm8k", "reward.correctness=signed"],
 ])
 def test_boundary_values_are_accepted(overrides):
