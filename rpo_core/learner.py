@@ -26,9 +26,10 @@ def check_direct_head(model_config, cfg) -> None:
     post-processing (the plain path, logprob_chunk=0 without shared_prefix, runs the model's own forward)."""
     if not (cfg.logprob_chunk or cfg.shared_prefix):
         return
+    text_config = getattr(model_config, "text_config", None)  # multimodal models keep the language model's here
     for field, off in LOGIT_POSTPROCESSING.items():
-        value = getattr(model_config, field, None)
-        if value not in off:
+        value = next((v for v in (getattr(c, field, None) for c in (model_config, text_config)) if v not in off), None)
+        if value is not None:
             raise ConfigError(f"this model's forward post-processes its logits ({field}={value}), which "
                               f"learner.logprob_chunk > 0 and learner.shared_prefix=true skip: set "
                               f"learner.logprob_chunk=0 learner.shared_prefix=false")
@@ -284,13 +285,13 @@ class DeepSpeedLearner:
             if not repeat:
                 logps.append(logp.detach().cpu())
                 order.append(index)
-            if not torch.isfinite(loss):
-                finite = False  # a non-finite loss would poison the weights: no backward, and no step below
-                continue
+            if not torch.isfinite(loss):  # it would poison the weights: no step below, on any rank
+                finite, loss, share = False, logp.nan_to_num().sum(), 0.0  # a zero-weight backward only
             # DeepSpeed averages gradients over ranks; each rank holds 1/world of the batch.
             self.engine.backward(loss * share * self.world_size)
-            if not repeat:
+            if share:
                 parts.append((stats, share * self.world_size))
+        finite = self._on_every_rank(finite)
         norm = None
         if finite and self.cfg.zero_stage < 2:  # full gradients sit in .grad until step(); ZeRO-2/3 report their own
             grads = [p.grad.float() for p in self.engine.module.parameters() if p.grad is not None]
@@ -299,12 +300,34 @@ class DeepSpeedLearner:
             self.engine.step()
             norm = self.engine.get_global_grad_norm() if norm is None else norm
         else:
-            self.engine.zero_grad()
+            self._drop_gradients()
         stats = combine_stats(parts)
         stats["lr"] = float(self.engine.get_lr()[0])
         return StepResult(logprobs=_in_row_order(logps, order, shape=tuple(tb.response_mask.shape)), stats=stats,
                           skipped=not finite, grad_norm=float("nan") if norm is None else float(norm),
                           rows_computed=len(rows))
+
+    def _drop_gradients(self) -> None:
+        """Forget the gradients accumulated for a step that will not be taken. ZeRO-1/2 hold them, reduced, in the
+        optimizer's partitions, which engine.zero_grad() leaves in place (the next step would add them in): they are
+        cleared the way the overflow branch of DeepSpeed's ZeRO step clears them."""
+        self.engine.zero_grad()
+        if self.cfg.zero_stage in (1, 2):
+            zero = self.engine.optimizer
+            zero.zero_grad(set_to_none=True)
+            zero._release_preflattened_grad_buffers()
+            for held in (zero.averaged_gradients, zero.all_grad_tensors):  # reduced at the step, accumulated until it
+                for group in held:
+                    held[group] = None
+
+    def _on_every_rank(self, flag: bool) -> bool:
+        """True when `flag` holds on every rank. One rank's non-finite loss skips the step everywhere: every rank still
+        ran each backward (ZeRO-2/3 reduce in it), and all must step, or none, to keep the same weights."""
+        if self.world_size == 1:
+            return flag
+        both = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(both, op=dist.ReduceOp.MIN)
+        return bool(both.item())
 
     def _same_count_on_every_rank(self, micros: list) -> list:
         """`micros`, followed by repeats of its first micro-batch until every rank has as many: ZeRO-2/3 reduce

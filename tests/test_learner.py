@@ -153,5 +153,7 @@ def test_models_that_post_process_their_logits_refuse_the_direct_head_paths():
     for field, value in (("final_logit_softcapping", 30.0), ("logit_scale", 0.0625), ("logits_scaling", 8.0)):
         with pytest.raises(ConfigError, match=field):
             check_direct_head(SimpleNamespace(**{field: value}), direct)
+        with pytest.raises(ConfigError, match=field):  # a multimodal config nests the language model's
+            check_direct_head(SimpleNamespace(text_config=SimpleNamespace(**{field: value})), direct)
         check_direct_head(SimpleNamespace(**{field: value}), plain)  # the model's own forward: allowed
     check_direct_head(SimpleNamespace(final_logit_softcapping=None, logit_scale=1.0), direct)  # off values

@@ -1,0 +1,69 @@
+"""Run by test_learner_step under `torchrun --nproc_per_node 2`: each rank trains on its half of a batch (whole
+groups) while rank 1's loss turns non-finite in one step. Every rank writes what it saw to <out>/rank<r>.json."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import compose  # noqa: E402  (also sets up the CPU environment)
+from test_learner import _mixed_lengths_batch  # noqa: E402
+
+
+def advantage_loss(logp, mb):
+    """-A * logp averaged over the micro-batch's loss tokens."""
+    return -(mb.advantages.unsqueeze(1) * logp * mb.loss_mask).sum() / mb.loss_mask.sum(), {}
+
+
+def poisoned_on_rank1(logp, mb):
+    loss, stats = advantage_loss(logp, mb)
+    return (loss * float("inf") if int(os.environ["RANK"]) == 1 else loss), stats
+
+
+def main(model_path: str, stage: int, out: Path) -> None:
+    import deepspeed.utils.groups
+
+    from rpo_core.distributed import init_distributed
+    from rpo_core.learner import DeepSpeedLearner
+
+    rank, world = init_distributed("gloo")
+    tb = _mixed_lengths_batch()
+    tb.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, -0.5, 0.5, 1.0, -1.0])
+    mine = tb.select(torch.tensor([r for g in range(rank, 4, world) for r in (2 * g, 2 * g + 1)]))  # groups r, r+2
+    cfg = compose("model=tiny", "learner.optim.lr=1e-3", "learner.optim.grad_clip=0", f"learner.zero_stage={stage}",
+                  "learner.micro_batch_size=2")
+
+    def learner():
+        deepspeed.utils.groups._WORLD_GROUP = None  # a fresh clone of the world group for each engine
+        return DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, temperature=1.0, world_size=world)
+
+    def weights(lrn):
+        return {name: t.clone() for name, t in lrn.full_weights()}
+
+    reference = learner()
+    first = reference.train_step(mine, advantage_loss, token_level=True)  # the clean step on fresh weights
+    after_reference = weights(reference)
+    del reference
+    lrn = learner()
+    start = weights(lrn)
+    bad = lrn.train_step(mine, poisoned_on_rank1, token_level=True)
+    after_bad = weights(lrn)
+    good = lrn.train_step(mine, advantage_loss, token_level=True)
+    after_good = weights(lrn)
+
+    def distance(a, b):
+        return max((a[n] - b[n]).abs().max().item() for n in a)
+
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "bad_skipped": bad.skipped, "good_skipped": good.skipped, "reference_grad_norm": first.grad_norm,
+        "good_grad_norm": good.grad_norm, "moved_by_bad": distance(after_bad, start),
+        "moved_by_reference": distance(after_reference, start), "good_vs_reference": distance(after_good, after_reference),
+    }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))
