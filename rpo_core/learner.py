@@ -291,11 +291,12 @@ class DeepSpeedLearner:
             self.engine.backward(loss * share * self.world_size)
             if share:
                 parts.append((stats, share * self.world_size))
-        finite = self._on_every_rank(finite)
         norm = None
-        if finite and self.cfg.zero_stage < 2:  # full gradients sit in .grad until step(); ZeRO-2/3 report their own
+        if self.cfg.zero_stage < 2:  # full gradients sit in .grad until step(); ZeRO-2/3 report their own
             grads = [p.grad.float() for p in self.engine.module.parameters() if p.grad is not None]
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+            finite = finite and (norm is None or bool(torch.isfinite(norm)))  # a finite loss can still give NaN grads
+        finite = self._on_every_rank(finite)
         if finite:
             self.engine.step()
             norm = self.engine.get_global_grad_norm() if norm is None else norm

@@ -113,8 +113,9 @@ def test_skipping_inert_groups_gives_the_whole_batch_step(tiny_model_path, dist,
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path, tiny_model_path, stage):
-    """Two ranks, ZeRO-0/1/2/3: rank 1's loss is non-finite in one step. Neither rank may step (the ranks would hold
-    different weights) and neither may hang (ZeRO-2/3 reduce gradients inside each backward, so both must run it).
+    """Two ranks, ZeRO-0/1/2/3: rank 1's loss is non-finite in one step (and under ZeRO-0/1 its gradient, with a finite
+    loss, in the next). Neither rank may step (the ranks would hold different weights) and neither may hang (ZeRO-2/3
+    reduce gradients inside each backward, so both must run it).
     The next, clean step must be exactly a fresh learner's first step: nothing of the skipped step may linger."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "tests" / "two_rank_step.py"),
            tiny_model_path, str(stage), str(tmp_path)]
@@ -122,8 +123,8 @@ def test_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path, ti
     assert proc.returncode == 0, proc.stderr[-6000:]
     for rank in (0, 1):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert r["bad_skipped"] and not r["good_skipped"], (rank, r)
+        assert r["bad_skipped"] and r["bad_grad_skipped"] and not r["good_skipped"], (rank, r)
         assert r["moved_by_reference"] > 1e-4, r  # the clean step moves the weights: a skipped one must not
-        assert r["moved_by_bad"] == 0.0, (rank, r)
+        assert r["moved_by_bad"] == r["moved_by_bad_grad"] == 0.0, (rank, r)
         assert r["good_grad_norm"] == pytest.approx(r["reference_grad_norm"], rel=1e-5), (rank, r)
         assert r["good_vs_reference"] < 1e-2 * r["moved_by_reference"], (rank, r)
