@@ -1,5 +1,6 @@
 """Run by test_learner_step under `torchrun --nproc_per_node 2`: each rank trains on its half of a batch (whole
-groups) while rank 1's loss turns non-finite in one step and, under ZeRO-0/1, its gradient in the next. Every rank writes what it saw to <out>/rank<r>.json."""
+groups) while rank 1's loss turns non-finite in one step and, under ZeRO-0/1, its gradient in the next. Every rank
+writes what it saw to <out>/rank<r>.json."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import compose  # noqa: E402  (also sets up the CPU environment)
 from test_learner import _mixed_lengths_batch  # noqa: E402
-
-
-def advantage_loss(logp, mb):
-    """-A * logp averaged over the micro-batch's loss tokens."""
-    return -(mb.advantages.unsqueeze(1) * logp * mb.loss_mask).sum() / mb.loss_mask.sum(), {}
+from test_learner_step import _advantage_loss as advantage_loss  # noqa: E402
 
 
 def poisoned_on_rank1(logp, mb):
