@@ -268,9 +268,7 @@ class DeepSpeedLearner:
         whose loss and gradient are exactly zero; they stay in the normalisers but are not computed, so the step is
         the whole batch's (their logprobs come back NaN, the stats cover the computed rows)."""
         # Normalisers over the whole mini-batch, across ranks when each rank holds a shard of it.
-        totals = torch.tensor([tb.loss_mask.sum().item(), float(len(tb))], device=self.device)  # nccl: on the GPU
-        if self.world_size > 1:
-            dist.all_reduce(totals)
+        totals = self._reduced([tb.loss_mask.sum().item(), float(len(tb))])
         tokens_total, rows_total = totals[0].clamp(min=1).item(), totals[1].clamp(min=1).item()
         rows = computed_rows(tb, inert_groups)
         micros = [(rows[index], micro) for index, micro in learner_micro_batches(tb.select(rows), self.cfg)]
@@ -296,7 +294,9 @@ class DeepSpeedLearner:
             grads = [p.grad.float() for p in self.engine.module.parameters() if p.grad is not None]
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
             finite = finite and (norm is None or bool(torch.isfinite(norm)))  # a finite loss can still give NaN grads
-        finite = self._on_every_rank(finite)
+        # one rank's non-finite loss skips the step everywhere (every rank still ran each backward, where ZeRO-2/3
+        # reduce): all step, or none, so the ranks keep the same weights
+        finite = bool(self._reduced([float(finite)], dist.ReduceOp.MIN).item())
         if finite:
             self.engine.step()
             norm = self.engine.get_global_grad_norm() if norm is None else norm
@@ -321,23 +321,18 @@ class DeepSpeedLearner:
                 for group in held:
                     held[group] = None
 
-    def _on_every_rank(self, flag: bool) -> bool:
-        """True when `flag` holds on every rank. One rank's non-finite loss skips the step everywhere: every rank still
-        ran each backward (ZeRO-2/3 reduce in it), and all must step, or none, to keep the same weights."""
-        if self.world_size == 1:
-            return flag
-        both = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(both, op=dist.ReduceOp.MIN)
-        return bool(both.item())
+    def _reduced(self, values: list[float], op=dist.ReduceOp.SUM) -> torch.Tensor:
+        """`values` reduced over every rank (as they are with one rank); on this rank's device (nccl: the GPU)."""
+        out = torch.tensor(values, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(out, op=op)
+        return out
 
     def _same_count_on_every_rank(self, micros: list) -> list:
         """`micros`, followed by repeats of its first micro-batch until every rank has as many: ZeRO-2/3 reduce
         gradients in each backward, a collective every rank must join (ranks' shards can cut into different counts)."""
-        if self.world_size == 1:
-            return micros
-        count = torch.tensor([len(micros)], device=self.device)
-        dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        return micros + [micros[0]] * (int(count.item()) - len(micros))
+        count = int(self._reduced([len(micros)], dist.ReduceOp.MAX).item())
+        return micros + [micros[0]] * (count - len(micros))
 
     # ---------------------------------------------------------------- weights out
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -69,13 +69,13 @@ def _advantage_loss(logp, mb):
     return -(mb.advantages.unsqueeze(1) * logp * mb.loss_mask).sum() / mb.loss_mask.sum(), {}
 
 
-def _learner(model_path, *overrides):
+def _learner(model_path, *overrides, world_size=1):
     import deepspeed.utils.groups
     from rpo_core.learner import DeepSpeedLearner
 
-    deepspeed.utils.groups._WORLD_GROUP = None
+    deepspeed.utils.groups._WORLD_GROUP = None  # a fresh clone of the world group for each engine
     cfg = compose("model=tiny", "learner.optim.lr=1e-3", "learner.optim.grad_clip=0", *overrides)
-    return DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, temperature=1.0)
+    return DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, temperature=1.0, world_size=world_size)
 
 
 @pytest.mark.parametrize("shared_prefix", [False, True])

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import compose  # noqa: E402  (also sets up the CPU environment)
-from test_learner import _mixed_lengths_batch  # noqa: E402
-from test_learner_step import _advantage_loss as advantage_loss  # noqa: E402
+from test_learner import _mixed_lengths_batch  # noqa: E402  (conftest, imported with it, sets up the CPU environment)
+from test_learner_step import _advantage_loss as advantage_loss, _learner  # noqa: E402
 
 
 def poisoned_on_rank1(logp, mb):
@@ -28,21 +27,15 @@ def nan_gradient_on_rank1(logp, mb):
 
 
 def main(model_path: str, stage: int, out: Path) -> None:
-    import deepspeed.utils.groups
-
     from rpo_core.distributed import init_distributed
-    from rpo_core.learner import DeepSpeedLearner
 
     rank, world = init_distributed("gloo")
     tb = _mixed_lengths_batch()
     tb.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, -0.5, 0.5, 1.0, -1.0])
     mine = tb.select(torch.tensor([r for g in range(rank, 4, world) for r in (2 * g, 2 * g + 1)]))  # groups r, r+2
-    cfg = compose("model=tiny", "learner.optim.lr=1e-3", "learner.optim.grad_clip=0", f"learner.zero_stage={stage}",
-                  "learner.micro_batch_size=2")
 
     def learner():
-        deepspeed.utils.groups._WORLD_GROUP = None  # a fresh clone of the world group for each engine
-        return DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, temperature=1.0, world_size=world)
+        return _learner(model_path, f"learner.zero_stage={stage}", "learner.micro_batch_size=2", world_size=world)
 
     def weights(lrn):
         return {name: t.clone() for name, t in lrn.full_weights()}
