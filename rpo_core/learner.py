@@ -82,11 +82,15 @@ def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
         starts = torch.tensor([shared + sum(len(x) for x in suffixes[:k]) for k in range(G)])
         before = torch.arange(plen - 1, plen - 1 + T)  # absolute position of the predicting token
         index = torch.where(before[None] < shared, before[None], starts[:, None] + (before[None] - shared))
-        valid = tb.response_mask[g : g + G].bool()
-        index = torch.where(valid, index, torch.zeros_like(index)).to(hidden.device)
-        chosen = hidden[index]  # [G, T, H]: shared states repeat, their gradients add up
-        out.append(masked_head_logprobs(hf.get_output_embeddings(), chosen, tb.input_ids[g : g + G, P:],
-                                        tb.response_mask[g : g + G], temperature, chunk))
+        valid = tb.response_mask[g : g + G].bool().cpu()
+        # A shared state predicting the same token in several rows (every kept-prefix token under RPO) is one
+        # (state, target) pair: its logprob is computed once and repeated, so its gradient adds up as before.
+        pairs = torch.stack([index[valid], tb.input_ids[g : g + G, P:].cpu()[valid]])
+        (states, targets), repeat = (t.to(hidden.device) for t in torch.unique(pairs, dim=1, return_inverse=True))
+        logp = head_logprobs(hf.get_output_embeddings(), hidden[states], targets, temperature, chunk * G)
+        group = torch.zeros(valid.shape, dtype=logp.dtype, device=logp.device)
+        group[valid.to(logp.device)] = logp[repeat]
+        out.append(group)
     return torch.cat(out)
 
 
@@ -113,22 +117,27 @@ def _float_dtype(model) -> torch.dtype:
 
 def masked_head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, temperature: float,
                          chunk: int) -> torch.Tensor:
-    """log softmax(head(h_j) / temperature)[y_j] where mask [N, T] is 1, 0 elsewhere, computed at those positions only.
-
-    chunk > 0: chunk x N positions at a time, each under activation checkpointing (the backward recomputes one chunk's
-    logits); 0: all at once, the logits kept for the backward (no recompute, more memory)."""
+    """log softmax(head(h_j) / temperature)[y_j] where mask [N, T] is 1, 0 elsewhere, computed at those positions only
+    (head_logprobs, chunk x N positions at a time)."""
     where = mask.bool()
-    h, y = hidden[where], targets[where]  # [n, H], [n]
     out = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
-    if not len(y):
-        return out
-    size = chunk * mask.shape[0] if chunk else len(y)
-    recompute = chunk and torch.is_grad_enabled()
-    parts = [checkpoint(_head_logprobs, head, h[s : s + size], y[s : s + size], temperature, use_reentrant=False)
-             if recompute else _head_logprobs(head, h[s : s + size], y[s : s + size], temperature)
-             for s in range(0, len(y), size)]
-    out[where] = torch.cat(parts)
+    out[where] = head_logprobs(head, hidden[where], targets[where], temperature, chunk * mask.shape[0])
     return out
+
+
+def head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float, size: int) -> torch.Tensor:
+    """log softmax(head(h_i) / temperature)[y_i] for hidden [n, H], targets [n]: [n] in fp32.
+
+    size > 0: `size` positions at a time, each under activation checkpointing (the backward recomputes one chunk's
+    logits); 0: all at once, the logits kept for the backward (no recompute, more memory)."""
+    if not len(targets):
+        return torch.zeros(0, dtype=torch.float32, device=hidden.device)
+    recompute = size > 0 and torch.is_grad_enabled()
+    size = size or len(targets)
+    return torch.cat([checkpoint(_head_logprobs, head, hidden[s : s + size], targets[s : s + size], temperature,
+                                 use_reentrant=False)
+                      if recompute else _head_logprobs(head, hidden[s : s + size], targets[s : s + size], temperature)
+                      for s in range(0, len(targets), size)])
 
 
 def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -137,7 +146,7 @@ def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperatur
 
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
     """log softmax(logits / temperature)[target], in fp32."""
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # no [n, vocab] pass for 1.0
     return logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
 
 

@@ -104,6 +104,13 @@ def test_shared_prefix_forward_is_exact(model, chunk):
     assert (plain != 0).sum() == tb.response_mask.sum() and torch.allclose(plain, shared, atol=1e-5)
     worst = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(plain_grads, shared_grads))
     assert worst < 1e-5, worst
+    # the output layer runs once per kept-prefix token, not once per row: 30 response tokens, 2 x 4 of them repeats
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    with torch.no_grad():
+        shared_prefix_logprobs(model, tb, 0.7, chunk=chunk)
+    hook.remove()
+    assert tb.response_mask.sum() == 30 and sum(seen) == 30 - 2 * 4
 
 
 def _mixed_lengths_batch():
