@@ -60,8 +60,8 @@ def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
 
     Each group becomes one packed row [shared, suffix_1, ..., suffix_G] with a block attention mask (a suffix sees the
     shared tokens and its own earlier tokens) and positions that continue the shared part in every suffix, so the
-    backward runs through the shared tokens once, accumulating what every suffix sends back. The rows of `tb` must be
-    whole groups."""
+    backward runs through the shared tokens once, accumulating what every suffix sends back. The output layer, too,
+    runs once per shared token. The rows of `tb` must be whole groups."""
     hf = getattr(model, "module", model)
     G, T = tb.group_size, tb.response_mask.shape[1]
     P = tb.input_ids.shape[1] - T
@@ -308,7 +308,9 @@ class DeepSpeedLearner:
         finite = bool(self._reduced([float(finite)], dist.ReduceOp.MIN).item())
         if finite:
             self.engine.step()
-            norm = self.engine.get_global_grad_norm() if norm is None else norm
+            # ZeRO-1/2/3 check their partitioned gradients' norm themselves and skip a non-finite step on every rank
+            finite = self.engine.was_step_applied()
+            norm = (self.engine.get_global_grad_norm() if finite else float("nan")) if norm is None else norm
         else:
             self._drop_gradients()
         stats = combine_stats(parts)

@@ -12,6 +12,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import numpy as np
@@ -27,7 +28,7 @@ from rewards import compose_rewards
 from rewards.shaping import word_counts
 from rollout import GenerationRequest, SyncError
 from rpo_core.checkpoint import (CheckpointError, TrainState, load_checkpoint, resolve_resume, save_checkpoint)
-from rpo_core.common.batching import to_train_batch
+from rpo_core.common.batching import TrainBatch, to_train_batch
 from rpo_core.common.registry import UnknownNameError
 from rpo_core.common.types import Problem, RolloutBatch, Sample
 from rpo_core.common.util import stable_seed, step_generator
@@ -36,6 +37,7 @@ from rpo_core.config import ConfigError, validate_config
 from rpo_core.data import DataError
 from rpo_core.distributed import configure_environment
 from rpo_core.faults import pause_point
+from rpo_core.learner import computed_rows
 from rpo_core.metrics import PhaseTimer, format_step_line, peak_memory_gb, reset_peak_memory
 from rpo_core.models import ModelNotFoundError
 
@@ -143,16 +145,20 @@ def collect_phase(c: Components, state: TrainState, step: int, timer: PhaseTimer
     return minibatches, stats
 
 
-def rollout_logp_phase(c: Components, minibatches: list[RolloutBatch]) -> None:
+def rollout_logp_phase(c: Components, minibatches: list[RolloutBatch], step: int) -> None:
     """pi_old for a rollout that feeds several optimizer steps: the learner's logprobs of every sample under the policy
-    that generated them, taken before the first of those steps. Each rank computes its own shards; all ranks then hold
-    every sample's (so the checkpointed pending mini-batches are complete)."""
+    that generated them, taken before the first of those steps. Each rank computes its own shards, leaving out the
+    groups its updates will skip (NaN there: never read); all ranks then hold every sample's (so the checkpointed
+    pending mini-batches are complete)."""
     mine = {}
     for k, mb in enumerate(minibatches):
         groups, G = shard_groups(c, mb.num_groups), mb.group_size
         if not groups:
             continue
-        logp = c.learner.logprobs(to_train_batch(mb.select_groups(groups), c.pad_id, step=0))
+        tb = train_batch(c, mb, step)
+        rows = computed_rows(tb, skipped_groups(c, c.algorithm.prepare(tb)))
+        logp = torch.full(tb.response_mask.shape, float("nan"))
+        logp[rows] = c.learner.logprobs(tb.select(rows))
         for row, i in enumerate(g * G + j for g in groups for j in range(G)):
             mine[(k, i)] = logp[row, : len(mb.samples[i].response_ids)].tolist()
     parts = [mine]
@@ -166,12 +172,11 @@ def rollout_logp_phase(c: Components, minibatches: list[RolloutBatch]) -> None:
 
 def update_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
     """Advantages and one optimizer step of the algorithm's loss over this rank's share of `batch`."""
-    tb = to_train_batch(shard(c, batch), c.pad_id, step, prefix_in_loss=c.cfg.rpo.prefix_in_loss)
+    tb = train_batch(c, batch, step)
     if c.reference is not None:
         tb.ref_logp = c.reference.logprobs(tb)
     tb = c.algorithm.prepare(tb)
-    inert = c.algorithm.inert_groups(tb) if c.cfg.learner.skip_inert_groups else None
-    result = c.learner.train_step(tb, c.algorithm.loss, c.algorithm.token_level, inert_groups=inert)
+    result = c.learner.train_step(tb, c.algorithm.loss, c.algorithm.token_level, inert_groups=skipped_groups(c, tb))
     pause_point("update", step)  # weights updated; engine, cache, metrics and checkpoint not yet
     # vLLM vs learner on the freshly generated tokens, both under the policy that generated them (with several steps per
     # rollout: the learner's logprobs taken before the first; RAPID's later steps also see the policy's drift)
@@ -192,6 +197,17 @@ def shard_groups(c: Components, num_groups: int) -> list[int]:
 
 def shard(c: Components, batch: RolloutBatch) -> RolloutBatch:
     return batch if c.world_size == 1 else batch.select_groups(shard_groups(c, batch.num_groups))
+
+
+def train_batch(c: Components, batch: RolloutBatch, step: int) -> TrainBatch:
+    """This rank's share of `batch`, as the learner trains on it at `step`."""
+    return to_train_batch(shard(c, batch), c.pad_id, step, prefix_in_loss=c.cfg.rpo.prefix_in_loss)
+
+
+def skipped_groups(c: Components, tb: TrainBatch) -> Optional[torch.Tensor]:
+    """[B] bool: the groups of a prepared `tb` the update leaves out (Algorithm.inert_groups, when
+    learner.skip_inert_groups); None: all are computed."""
+    return c.algorithm.inert_groups(tb) if c.cfg.learner.skip_inert_groups else None
 
 
 def sync_phase(c: Components, state: TrainState) -> dict:
@@ -307,7 +323,7 @@ def _train(c: Components, state: TrainState) -> dict:
             stats.update(collected)
             if len(state.pending) > 1 and c.algorithm.needs_rollout_logp:
                 with timer("rollout_logp"):
-                    rollout_logp_phase(c, state.pending)
+                    rollout_logp_phase(c, state.pending, step)
         mb = state.pending.pop(0)
         state.step = step
         if mb.num_groups > 0:

@@ -113,9 +113,10 @@ def test_skipping_inert_groups_gives_the_whole_batch_step(tiny_model_path, dist,
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path, tiny_model_path, stage):
-    """Two ranks, ZeRO-0/1/2/3: rank 1's loss is non-finite in one step (and under ZeRO-0/1 its gradient, with a finite
-    loss, in the next). Neither rank may step (the ranks would hold different weights) and neither may hang (ZeRO-2/3
-    reduce gradients inside each backward, so both must run it).
+    """Two ranks, ZeRO-0/1/2/3: rank 1's loss is non-finite in one step, and its gradient, with a finite loss, in the
+    next (ZeRO-0/1: the learner sees it; ZeRO-2/3: DeepSpeed's step does, and the learner must report the skip).
+    Neither rank may step (the ranks would hold different weights) and neither may hang (ZeRO-2/3 reduce gradients
+    inside each backward, so both must run it).
     The next, clean step must be exactly a fresh learner's first step: nothing of the skipped step may linger."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "tests" / "two_rank_step.py"),
            tiny_model_path, str(stage), str(tmp_path)]
@@ -128,3 +129,47 @@ def test_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path, ti
         assert r["moved_by_bad"] == r["moved_by_bad_grad"] == 0.0, (rank, r)
         assert r["good_grad_norm"] == pytest.approx(r["reference_grad_norm"], rel=1e-5), (rank, r)
         assert r["good_vs_reference"] < 1e-2 * r["moved_by_reference"], (rank, r)
+
+
+def _rollout(rewards: list[float], seed: int):
+    """Groups of 2 samples of mixed lengths, with these rewards."""
+    from rpo_core.common.types import RolloutBatch, Sample
+
+    g, samples = torch.Generator().manual_seed(seed), []
+    for q in range(len(rewards) // 2):
+        prompt = torch.randint(0, 1000, (3 + 2 * q,), generator=g).tolist()
+        for i in range(2):
+            response = torch.randint(0, 1000, (4 + 3 * q + i,), generator=g).tolist()
+            samples.append(Sample(uid=str(q), prompt_ids=prompt, response_ids=response,
+                                  behavior_logprobs=[0.0] * len(response)))
+    return RolloutBatch(samples, group_size=2, rewards=rewards)
+
+
+def test_pi_old_is_taken_for_exactly_the_groups_the_update_computes(tiny_model_path, dist):
+    """A rollout feeding two GRPO steps (pi_old: the learner's logprobs before the first). The groups the updates will
+    skip (equal rewards) get no pi_old (NaN), the others the learner's logprobs; a mini-batch whose groups all have
+    equal rewards still computes its first group (the learner steps on it), so no update reads a NaN pi_old."""
+    from types import SimpleNamespace
+
+    from algorithms import build_algorithm
+    from rpo_core.common.batching import to_train_batch
+    from rpo_core.train import rollout_logp_phase, update_phase
+
+    cfg = compose("model=tiny", "algorithm.mini_batches_per_rollout=2", "learner.micro_batch_size=2")
+    learner = _learner(tiny_model_path, "learner.micro_batch_size=2")
+    c = SimpleNamespace(cfg=cfg, algorithm=build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens), learner=learner,
+                        reference=None, pad_id=0, rank=0, world_size=1)
+    minibatches = [_rollout([1.0, 0.0, 1.0, 1.0], seed=0), _rollout([0.0, 0.0, 1.0, 1.0], seed=1)]
+    expected = [learner.logprobs(to_train_batch(mb, 0, step=1)) for mb in minibatches]
+    rollout_logp_phase(c, minibatches, step=1)
+    for mb, logp in zip(minibatches, expected):
+        for i, s in enumerate(mb.samples):
+            got = torch.tensor(s.rollout_logprobs)
+            if i < 2:  # group 0: trained (mini-batch 0: unequal rewards; 1: the first group of an all-inert batch)
+                assert torch.allclose(got, logp[i, : len(got)], atol=1e-6) and (got != 0).all(), i
+            else:
+                assert got.isnan().all(), i
+    first, second = update_phase(c, minibatches[0], step=1), update_phase(c, minibatches[1], step=2)
+    assert first["learner_rows_skipped"] == second["learner_rows_skipped"] == 2
+    assert first["update_skipped"] == second["update_skipped"] == 0.0
+    assert first["grad_norm"] > 1e-3 and second["grad_norm"] == 0.0
