@@ -61,6 +61,7 @@ def main(model_path: str, stage: int, out: Path) -> None:
         "reference_grad_norm": first.grad_norm, "good_grad_norm": good.grad_norm,
         "moved_by_bad": distance(after_bad, start), "moved_by_bad_grad": distance(after_bad_grad, start),
         "moved_by_reference": distance(after_reference, start), "good_vs_reference": distance(after_good, after_reference),
+        "weights_sum": sum(t.double().sum().item() for t in after_good.values()),  # the ranks must hold the same
     }))
 
 
