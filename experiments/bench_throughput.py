@@ -21,8 +21,6 @@ is per process), one after the other so they never share the cores. Settings com
            */shared       learner.shared_prefix=true: each group's shared tokens forwarded once (full/shared: the
                           output layer over all response tokens at once, no recompute in the backward)
            */tokens       learner.micro_batch_tokens=4096: rows sorted by length, micro-batches cut by padded tokens
-           */allreduce    DeepSpeed's gradient all-reduce kept with one rank under ZeRO-0 (the learner leaves it out
-                          since 2026-12-01: an identity through a flattened copy of every gradient)
            rpo:*          the same rollouts shaped as RPO trains on them (80% of a response kept as the shared prefix)
 
 "x old" is each setting's tokens/s over the first setting run in its table (fp32/reserve1; fp32/full by default).
@@ -59,8 +57,7 @@ LEARNERS = {"fp32/full": {"dtype": "float32", "chunk": 0}, "fp32/chunk": {"dtype
             "fp32/full/shared": {"dtype": "float32", "chunk": 0, "shared": True},
             "bf16/chunk/shared": {"dtype": "bfloat16", "chunk": 64, "shared": True},
             "fp32/chunk/tokens": {"dtype": "float32", "chunk": 64, "tokens": 4096},
-            "fp32/chunk/shared/tokens": {"dtype": "float32", "chunk": 64, "shared": True, "tokens": 4096},
-            "fp32/chunk/shared/allreduce": {"dtype": "float32", "chunk": 64, "shared": True, "allreduce": True}}
+            "fp32/chunk/shared/tokens": {"dtype": "float32", "chunk": 64, "shared": True, "tokens": 4096}}
 LEARNERS.update({f"rpo:{n}": {**LEARNERS[n], "rpo": True} for n in ("fp32/chunk", "fp32/chunk/shared", "fp32/full/shared",
                                                                   "bf16/chunk/shared")})
 RPO_KEEP = 0.8  # the RPO-shaped batch: every sample of a group keeps the first 80% of one response (L ~ 20%)
@@ -133,7 +130,6 @@ def learner_child(overrides: list[str], setting: dict, batch_file: Path, out: Pa
     if setting.get("rpo"):
         batch = rpo_shaped(batch)
     learner = DeepSpeedLearner(path, cfg.learner, cfg.learner.optim, 1.0)
-    learner.engine.enable_backward_allreduce = setting.get("allreduce", learner.engine.enable_backward_allreduce)
     algorithm = build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
     tb = algorithm.prepare(to_train_batch(batch, 0, step=1))
     reset_peak_memory()

@@ -261,10 +261,6 @@ class DeepSpeedLearner:
         }
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.engine.train()
-        if world_size == 1 and cfg.zero_stage == 0:
-            # ZeRO-0's step all-reduces through a flattened copy of every gradient: with one rank an identity that
-            # costs three passes over the gradients and their size again in memory at the step
-            self.engine.enable_backward_allreduce = False
         self.device = self.engine.device  # where DeepSpeed put the model (cpu, or this rank's cuda device)
 
     def logprobs(self, tb: TrainBatch) -> torch.Tensor:
