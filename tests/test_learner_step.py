@@ -122,10 +122,10 @@ def test_a_non_finite_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path, ti
            tiny_model_path, str(stage), str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=child_env(OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-6000:]
-    sums = [json.loads((tmp_path / f"rank{rank}.json").read_text())["weights_sum"] for rank in (0, 1)]
-    assert sums[0] == sums[1], sums  # every rank took the same step (gradients reduced over both shards)
-    for rank in (0, 1):
-        r = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    # every rank took the same step (gradients reduced over both shards)
+    assert ranks[0]["weights_sum"] == ranks[1]["weights_sum"], ranks
+    for rank, r in enumerate(ranks):
         assert r["bad_skipped"] and r["bad_grad_skipped"] and not r["good_skipped"], (rank, r)
         assert r["moved_by_reference"] > 1e-4, r  # the clean step moves the weights: a skipped one must not
         assert r["moved_by_bad"] == r["moved_by_bad_grad"] == 0.0, (rank, r)
@@ -175,4 +175,3 @@ def test_pi_old_is_taken_for_exactly_the_groups_the_update_computes(tiny_model_p
     assert first["learner_rows_skipped"] == second["learner_rows_skipped"] == 2
     assert first["update_skipped"] == second["update_skipped"] == 0.0
     assert first["grad_norm"] > 1e-3 and second["grad_norm"] == 0.0
-
