@@ -6,6 +6,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM
 
@@ -55,43 +56,54 @@ def response_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 0)
 
 
 def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 64) -> torch.Tensor:
-    """response_logprobs computed one group at a time, with the tokens the G samples share forwarded once: the prompt,
-    and under RPO the kept prefix of the cached response. Exact (same values and gradients as the padded computation).
+    """response_logprobs computed with the tokens a group's G samples share forwarded once: the prompt, and under RPO
+    the kept prefix of the cached response. Exact (same values and gradients as the padded computation).
 
     Each group becomes one packed row [shared, suffix_1, ..., suffix_G] with a block attention mask (a suffix sees the
     shared tokens and its own earlier tokens) and positions that continue the shared part in every suffix, so the
-    backward runs through the shared tokens once, accumulating what every suffix sends back. The output layer, too,
-    runs once per shared token. The rows of `tb` must be whole groups."""
+    backward runs through the shared tokens once, accumulating what every suffix sends back. The groups' rows go
+    through the decoder together, padded to the longest. The output layer, too, runs once per shared token. The rows
+    of `tb` must be whole groups."""
     hf = getattr(model, "module", model)
     G, T = tb.group_size, tb.response_mask.shape[1]
     P = tb.input_ids.shape[1] - T
-    out = []
-    for g in range(0, len(tb), G):
-        rows = range(g, g + G)
-        seqs = [tb.input_ids[i][tb.attention_mask[i].bool()] for i in rows]  # prompt + response, unpadded
-        plen = int(tb.attention_mask[g, :P].sum())
-        shared = _common_prefix(seqs)
-        shared = min(shared, min(len(s) for s in seqs) - 1)  # every row keeps at least one token of its own
-        suffixes = [s[shared:] for s in seqs]
-        ids = torch.cat([seqs[0][:shared], *suffixes])[None]
-        positions = torch.cat([torch.arange(shared), *[torch.arange(shared, len(s)) for s in seqs]])[None]
-        mask = _packed_mask(shared, [len(s) for s in suffixes], _float_dtype(hf))
-        hidden = hf.get_decoder()(input_ids=ids.to(tb.input_ids.device), attention_mask=mask.to(tb.input_ids.device),
-                                  position_ids=positions.to(tb.input_ids.device), use_cache=False).last_hidden_state[0]
-        # response token j of row i sits at position plen + j; the hidden state before it predicts it
-        starts = torch.tensor([shared + sum(len(x) for x in suffixes[:k]) for k in range(G)])
-        before = torch.arange(plen - 1, plen - 1 + T)  # absolute position of the predicting token
-        index = torch.where(before[None] < shared, before[None], starts[:, None] + (before[None] - shared))
-        valid = tb.response_mask[g : g + G].bool().cpu()
-        # A shared state predicting the same token in several rows (every kept-prefix token under RPO) is one
-        # (state, target) pair: its logprob is computed once and repeated, so its gradient adds up as before.
-        pairs = torch.stack([index[valid], tb.input_ids[g : g + G, P:].cpu()[valid]])
-        (states, targets), repeat = (t.to(hidden.device) for t in torch.unique(pairs, dim=1, return_inverse=True))
-        logp = head_logprobs(hf.get_output_embeddings(), hidden[states], targets, temperature, chunk * G)
-        group = torch.zeros(valid.shape, dtype=logp.dtype, device=logp.device)
-        group[valid.to(logp.device)] = logp[repeat]
-        out.append(group)
-    return torch.cat(out)
+    packs = [_packed_group(tb.input_ids[g : g + G].cpu(), tb.attention_mask[g : g + G].cpu(), P)
+             for g in range(0, len(tb), G)]
+    width = max(len(ids) for ids, _, _, _ in packs)
+    ids, positions, segments = (torch.stack([F.pad(pack[k], (0, width - len(pack[k])), value=pad)
+                                             for pack in packs]) for k, pad in ((0, 0), (1, 0), (2, -1)))
+    hidden = hf.get_decoder()(input_ids=ids.to(tb.input_ids.device),
+                              attention_mask=_packed_mask(segments, _float_dtype(hf)).to(tb.input_ids.device),
+                              position_ids=positions.to(tb.input_ids.device), use_cache=False).last_hidden_state
+    # row i's response token j is predicted by the state at index[i, j] of the groups' rows laid end to end
+    index = torch.cat([pack[3] + k * width for k, pack in enumerate(packs)])
+    valid = tb.response_mask.bool().cpu()
+    # A shared state predicting the same token in several rows (every kept-prefix token under RPO) is one
+    # (state, target) pair: its logprob is computed once and repeated, so its gradient adds up as before.
+    pairs = torch.stack([index[valid], tb.input_ids[:, P:].cpu()[valid]])
+    (states, targets), repeat = (t.to(hidden.device) for t in torch.unique(pairs, dim=1, return_inverse=True))
+    logp = head_logprobs(hf.get_output_embeddings(), hidden.flatten(0, 1)[states], targets, temperature, chunk * G)
+    out = torch.zeros(valid.shape, dtype=logp.dtype, device=logp.device)
+    out[valid.to(logp.device)] = logp[repeat]
+    return out
+
+
+def _packed_group(input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> tuple[torch.Tensor, ...]:
+    """One group's packed row (token ids, positions, segments: 0 shared, k for suffix k) and, for each row's response
+    token j, the packed index of the state that predicts it ([G, T]; prompts are left-padded to P, responses
+    right-padded to T)."""
+    T = input_ids.shape[1] - P
+    seqs = [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]  # prompt + response, unpadded
+    shared = min(_common_prefix(seqs), min(len(s) for s in seqs) - 1)  # every row keeps at least one token of its own
+    suffixes = [s[shared:] for s in seqs]
+    ids = torch.cat([seqs[0][:shared], *suffixes])
+    positions = torch.cat([torch.arange(shared), *[torch.arange(shared, len(s)) for s in seqs]])
+    segments = torch.cat([torch.zeros(shared, dtype=torch.long)] +
+                         [torch.full((len(s),), k + 1, dtype=torch.long) for k, s in enumerate(suffixes)])
+    starts = torch.tensor([shared + sum(len(x) for x in suffixes[:k]) for k in range(len(seqs))])
+    before = torch.arange(T) + int(attention_mask[0, :P].sum()) - 1  # position of the state predicting token j
+    index = torch.where(before[None] < shared, before[None], starts[:, None] + (before[None] - shared))
+    return ids, positions, segments, index
 
 
 def _common_prefix(seqs: list[torch.Tensor]) -> int:
@@ -100,15 +112,14 @@ def _common_prefix(seqs: list[torch.Tensor]) -> int:
     return int(n if same.all() else same.int().argmin())
 
 
-def _packed_mask(shared: int, lengths: list[int], dtype: torch.dtype) -> torch.Tensor:
-    """[1, 1, L, L] additive mask of a packed row: causal inside the shared part and inside each suffix, and every
-    suffix sees the whole shared part; nothing else."""
-    L = shared + sum(lengths)
-    segment = torch.cat([torch.zeros(shared, dtype=torch.long)] +
-                        [torch.full((n,), k + 1, dtype=torch.long) for k, n in enumerate(lengths)])
+def _packed_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, L, L] additive mask of packed rows (segments [B, L]: 0 shared, k suffix k, -1 padding): causal inside
+    the shared part and inside each suffix, and every suffix sees the whole shared part; nothing else. (Padding,
+    last in its row, sees the shared part and itself, so no row of the softmax is empty.)"""
+    L = segments.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool).tril()
-    allowed = causal & ((segment[:, None] == segment[None]) | (segment[None] == 0))
-    return torch.zeros(L, L, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    allowed = causal & ((segments[:, :, None] == segments[:, None]) | (segments[:, None] == 0))
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def _float_dtype(model) -> torch.dtype:
@@ -240,13 +251,15 @@ class DeepSpeedLearner:
         check_direct_head(model.config, cfg)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        # A plain torch optimizer: DeepSpeed's fused/CPU Adam would JIT-compile for a minute or more.
+        # torch's fused AdamW (CPU and CUDA): DeepSpeed's own fused/CPU Adam would JIT-compile for a minute or more,
+        # and torch's default (foreach) takes 3-4x its time on the CPU, through whole-model temporaries.
         optimizer = torch.optim.AdamW(
             model.parameters(),
             lr=optim_cfg.lr,
             betas=tuple(optim_cfg.betas),
             weight_decay=optim_cfg.weight_decay,
             eps=optim_cfg.eps,
+            fused=True,
         )
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,  # nominal: micro-batching is done here, see train_step
@@ -386,5 +399,5 @@ def _in_row_order(chunks: list[torch.Tensor], order: list[torch.Tensor], shape: 
     """Micro-batch results (rows `order[k]` of the batch, trimmed) as one [N, T] tensor in the batch's row order;
     NaN on rows no micro-batch computed."""
     out = torch.full(shape, float("nan"))
-    out[torch.cat(order)] = torch.cat([torch.nn.functional.pad(c, (0, shape[1] - c.shape[1])) for c in chunks])
+    out[torch.cat(order)] = torch.cat([F.pad(c, (0, shape[1] - c.shape[1])) for c in chunks])
     return out

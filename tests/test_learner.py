@@ -104,13 +104,18 @@ def test_shared_prefix_forward_is_exact(model, chunk):
     assert (plain != 0).sum() == tb.response_mask.sum() and torch.allclose(plain, shared, atol=1e-5)
     worst = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(plain_grads, shared_grads))
     assert worst < 1e-5, worst
-    # the output layer runs once per kept-prefix token, not once per row: 30 response tokens, 2 x 4 of them repeats
-    seen = []
-    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    # the output layer runs once per kept-prefix token, not once per row: 30 response tokens, 2 x 4 of them repeats;
+    # the decoder once, on both groups' packed rows (of 14 and 21 tokens: the first one padded)
+    seen, decoded = [], []
+    hooks = [model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(len(args[0]))),
+             model.get_decoder().register_forward_hook(lambda m, args, kwargs, out: decoded.append(kwargs["input_ids"]),
+                                                       with_kwargs=True)]
     with torch.no_grad():
         shared_prefix_logprobs(model, tb, 0.7, chunk=chunk)
-    hook.remove()
+    for hook in hooks:
+        hook.remove()
     assert tb.response_mask.sum() == 30 and sum(seen) == 30 - 2 * 4
+    assert [tuple(ids.shape) for ids in decoded] == [(2, 21)]
 
 
 def _mixed_lengths_batch():
