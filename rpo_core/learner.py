@@ -2,7 +2,7 @@
 the frozen reference model of the KL penalty."""
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -69,14 +69,17 @@ def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
     P = tb.input_ids.shape[1] - T
     packs = [_packed_group(tb.input_ids[g : g + G].cpu(), tb.attention_mask[g : g + G].cpu(), P)
              for g in range(0, len(tb), G)]
-    width = max(len(ids) for ids, _, _, _ in packs)
-    ids, positions, segments = (torch.stack([F.pad(pack[k], (0, width - len(pack[k])), value=pad)
-                                             for pack in packs]) for k, pad in ((0, 0), (1, 0), (2, -1)))
-    hidden = hf.get_decoder()(input_ids=ids.to(tb.input_ids.device),
-                              attention_mask=_packed_mask(segments, _float_dtype(hf)).to(tb.input_ids.device),
-                              position_ids=positions.to(tb.input_ids.device), use_cache=False).last_hidden_state
+    width = max(len(pack.ids) for pack in packs)
+
+    def padded(field: str, value: int) -> torch.Tensor:
+        return torch.stack([F.pad(getattr(pack, field), (0, width - len(pack.ids)), value=value) for pack in packs])
+
+    device = tb.input_ids.device
+    hidden = hf.get_decoder()(input_ids=padded("ids", 0).to(device),
+                              attention_mask=_packed_mask(padded("segments", -1), _float_dtype(hf)).to(device),
+                              position_ids=padded("positions", 0).to(device), use_cache=False).last_hidden_state
     # row i's response token j is predicted by the state at index[i, j] of the groups' rows laid end to end
-    index = torch.cat([pack[3] + k * width for k, pack in enumerate(packs)])
+    index = torch.cat([pack.index + k * width for k, pack in enumerate(packs)])
     valid = tb.response_mask.bool().cpu()
     # A shared state predicting the same token in several rows (every kept-prefix token under RPO) is one
     # (state, target) pair: its logprob is computed once and repeated, so its gradient adds up as before.
@@ -88,10 +91,17 @@ def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
     return out
 
 
-def _packed_group(input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> tuple[torch.Tensor, ...]:
-    """One group's packed row (token ids, positions, segments: 0 shared, k for suffix k) and, for each row's response
-    token j, the packed index of the state that predicts it ([G, T]; prompts are left-padded to P, responses
-    right-padded to T)."""
+class PackedGroup(NamedTuple):
+    """One group's packed row [shared, suffix_1, ..., suffix_G]: token ids, positions and segments (0 shared, k suffix
+    k), each [L]; and for every row's response token j the packed index of the state that predicts it, [G, T]."""
+    ids: torch.Tensor
+    positions: torch.Tensor
+    segments: torch.Tensor
+    index: torch.Tensor
+
+
+def _packed_group(input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> PackedGroup:
+    """The packed row of a group's rows (prompts left-padded to P, responses right-padded)."""
     T = input_ids.shape[1] - P
     seqs = [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]  # prompt + response, unpadded
     shared = min(_common_prefix(seqs), min(len(s) for s in seqs) - 1)  # every row keeps at least one token of its own
@@ -103,7 +113,7 @@ def _packed_group(input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int)
     starts = torch.tensor([shared + sum(len(x) for x in suffixes[:k]) for k in range(len(seqs))])
     before = torch.arange(T) + int(attention_mask[0, :P].sum()) - 1  # position of the state predicting token j
     index = torch.where(before[None] < shared, before[None], starts[:, None] + (before[None] - shared))
-    return ids, positions, segments, index
+    return PackedGroup(ids, positions, segments, index)
 
 
 def _common_prefix(seqs: list[torch.Tensor]) -> int:
