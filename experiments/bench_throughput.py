@@ -4,6 +4,7 @@ throughput levers, measured side by side in one run.
     python experiments/bench_throughput.py                    # SmolLM2-135M, 8 prompts x 8 samples, both lengths
     python experiments/bench_throughput.py --prompts 4 --lengths arithmetic
     python experiments/bench_throughput.py --rollouts --learners fp32/chunk fp32/chunk/tokens   # a subset
+    python experiments/bench_throughput.py --rollouts --learners fp32/chunk rpo:fp32/chunk/shared --learner-steps 3
 
 Every measurement runs in a fresh child process (vLLM reads its thread settings when its engine starts; peak memory
 is per process), one after the other so they never share the cores. Settings compared:
@@ -27,12 +28,15 @@ is per process), one after the other so they never share the cores. Settings com
 FLOPs are counted as 2 x parameters per generated token (rollout) and 6 x parameters per trained token (learner:
 forward and backward; attention's share is small at these lengths), and divided by the fp32 / bf16 GEMM peak measured
 here at the start. Learner tokens are every prompt and response token of the batch, so tokens/s is the work done per
-second whether or not shared tokens are forwarded once; the per-micro-batch trimming of padding is always on."""
+second whether or not shared tokens are forwarded once; the per-micro-batch trimming of padding is always on. A learner
+setting's time is its first step's (Adam allocates its state in it), or with --learner-steps N > 1 the mean of steps
+2..N on the same batch; its peak memory covers every step."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -133,13 +137,16 @@ def learner_child(overrides: list[str], setting: dict, batch_file: Path, out: Pa
     algorithm = build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens)
     tb = algorithm.prepare(to_train_batch(batch, 0, step=1))
     reset_peak_memory()
-    start = time.perf_counter()
-    result = learner.train_step(tb, algorithm.loss, algorithm.token_level)
-    seconds = time.perf_counter() - start
-    fresh = tb.response_mask
-    mismatch = float(((result.logprobs - tb.behavior_logp).abs() * fresh).sum() / fresh.sum())
+    results, seconds = [], []
+    for _ in range(setting["steps"]):  # the same batch again: later steps run with Adam's state already allocated
+        start = time.perf_counter()
+        results.append(learner.train_step(tb, algorithm.loss, algorithm.token_level))
+        seconds.append(time.perf_counter() - start)
+    fresh = tb.response_mask  # the first step's logprobs are the weights the rollout sampled from
+    mismatch = float(((results[0].logprobs - tb.behavior_logp).abs() * fresh).sum() / fresh.sum())
     tokens = int(tb.attention_mask.sum())  # prompt + response tokens forwarded and back-propagated
-    out.write_text(json.dumps({"tokens": tokens, "seconds": seconds, "peak_gb": peak_memory_gb(),
+    out.write_text(json.dumps({"tokens": tokens, "seconds": statistics.fmean(seconds[1:] or seconds),
+                               "peak_gb": peak_memory_gb(),
                                "mismatch": mismatch, "params": _params(path)}))
 
 
@@ -180,6 +187,8 @@ def main() -> None:
     ap.add_argument("--rollouts", nargs="*", default=list(ROLLOUTS), choices=list(ROLLOUTS),
                     help="rollout settings to run (fp32/reserve1 always runs: the learners train on its rollouts)")
     ap.add_argument("--learners", nargs="*", default=list(LEARNERS), choices=list(LEARNERS))
+    ap.add_argument("--learner-steps", type=int, default=1,
+                    help="steps per learner setting on the same batch; > 1: time the mean of the steps after the first")
     ap.add_argument("--work", default="/tmp/rpo-bench-throughput")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -220,8 +229,8 @@ def main() -> None:
         learners = {}
         for name in args.learners:
             setting = LEARNERS[name]
-            r = run_child("learner", json.dumps(overrides), json.dumps(setting), str(batch),
-                          str(work / f"{length}-learner-{name.replace('/', '_').replace(':', '_')}.json"))
+            r = run_child("learner", json.dumps(overrides), json.dumps({**setting, "steps": args.learner_steps}),
+                          str(batch), str(work / f"{length}-learner-{name.replace('/', '_').replace(':', '_')}.json"))
             r["tps"] = r["tokens"] / r["seconds"]
             learners[name] = r
             share = 6 * r["params"] * r["tps"] / peak["bf16" if setting["dtype"] == "bfloat16" else "fp32"]
