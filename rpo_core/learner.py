@@ -67,8 +67,8 @@ def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
     hf = getattr(model, "module", model)
     G, T = tb.group_size, tb.response_mask.shape[1]
     P = tb.input_ids.shape[1] - T
-    packs = [_packed_group(tb.input_ids[g : g + G].cpu(), tb.attention_mask[g : g + G].cpu(), P)
-             for g in range(0, len(tb), G)]
+    input_ids, attention_mask = tb.input_ids.cpu(), tb.attention_mask.cpu()  # the packing is host work
+    packs = [_packed_group(input_ids[g : g + G], attention_mask[g : g + G], P) for g in range(0, len(tb), G)]
     width = max(len(pack.ids) for pack in packs)
 
     def padded(field: str, value: int) -> torch.Tensor:
@@ -83,7 +83,7 @@ def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
     valid = tb.response_mask.bool().cpu()
     # A shared state predicting the same token in several rows (every kept-prefix token under RPO) is one
     # (state, target) pair: its logprob is computed once and repeated, so its gradient adds up as before.
-    pairs = torch.stack([index[valid], tb.input_ids[:, P:].cpu()[valid]])
+    pairs = torch.stack([index[valid], input_ids[:, P:][valid]])
     (states, targets), repeat = (t.to(hidden.device) for t in torch.unique(pairs, dim=1, return_inverse=True))
     logp = head_logprobs(hf.get_output_embeddings(), hidden.flatten(0, 1)[states], targets, temperature, chunk * G)
     out = torch.zeros(valid.shape, dtype=logp.dtype, device=logp.device)
