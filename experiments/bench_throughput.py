@@ -21,7 +21,8 @@ is per process), one after the other so they never share the cores. Settings com
            bf16/chunk     learner.dtype=bfloat16 as well
            */shared       learner.shared_prefix=true: each group's shared tokens forwarded once (full/shared: the
                           output layer over all response tokens at once, no recompute in the backward)
-           */tokens       learner.micro_batch_tokens=4096: rows sorted by length, micro-batches cut by padded tokens
+           */tokens       learner.micro_batch_tokens=4096: groups sorted by length, micro-batches cut at 4096 decoder
+                          input tokens (rows x width; shared: groups x the longest packed row)
            rpo:*          the same rollouts shaped as RPO trains on them (80% of a response kept as the shared prefix)
 
 "x old" is each setting's tokens/s over the first setting run in its table (fp32/reserve1; fp32/full by default).
@@ -63,7 +64,7 @@ LEARNERS = {"fp32/full": {"dtype": "float32", "chunk": 0}, "fp32/chunk": {"dtype
             "fp32/chunk/tokens": {"dtype": "float32", "chunk": 64, "tokens": 4096},
             "fp32/chunk/shared/tokens": {"dtype": "float32", "chunk": 64, "shared": True, "tokens": 4096}}
 LEARNERS.update({f"rpo:{n}": {**LEARNERS[n], "rpo": True} for n in ("fp32/chunk", "fp32/chunk/shared", "fp32/full/shared",
-                                                                  "bf16/chunk/shared")})
+                                                                  "bf16/chunk/shared", "fp32/chunk/shared/tokens")})
 RPO_KEEP = 0.8  # the RPO-shaped batch: every sample of a group keeps the first 80% of one response (L ~ 20%)
 
 

@@ -180,26 +180,38 @@ def policy_logprobs(model, micro: TrainBatch, temperature: float, chunk: int, sh
 
 def micro_batches(tb: TrainBatch, size: int, shared_prefix: bool, tokens: int = 0) -> list[torch.Tensor]:
     """Row numbers of each micro-batch of `tb`: every `size` rows in order (whole groups with shared_prefix), or with
-    tokens > 0 whole groups sorted by length and cut before rows x width (the trimmed micro-batch's padded size)
-    passes `tokens`, so short groups share a micro-batch instead of being padded to the long ones. (Whole groups:
-    RAPID's group baseline is computed inside the loss.)"""
+    tokens > 0 whole groups sorted by length and cut before the decoder's input passes `tokens`, so short groups share
+    a micro-batch instead of being padded to the long ones. That input is rows x (longest prompt + longest response)
+    (the trimmed micro-batch), or with shared_prefix groups x the longest packed row. (Whole groups: RAPID's group
+    baseline is computed inside the loss.)"""
     if not tokens:
         size = max(1, size // tb.group_size) * tb.group_size if shared_prefix else size
         return [torch.arange(i, min(i + size, len(tb))) for i in range(0, len(tb), size)]
-    unit = tb.group_size
+    G = tb.group_size
     T = tb.response_mask.shape[1]
-    prompt_len = tb.attention_mask[:, :-T].sum(1).view(-1, unit).amax(1)
-    response_len = tb.response_mask.sum(1).view(-1, unit).amax(1)
-    cuts, current, p, t = [], [], 0, 0
-    for u in torch.argsort(prompt_len + response_len, stable=True).tolist():
-        wider_p, wider_t = max(p, int(prompt_len[u])), max(t, int(response_len[u]))
-        if current and (len(current) + 1) * unit * (wider_p + wider_t) > tokens:
-            cuts.append(current)
-            current, wider_p, wider_t = [], int(prompt_len[u]), int(response_len[u])
-        current.append(u)
-        p, t = wider_p, wider_t
-    cuts.append(current)
-    return [torch.cat([torch.arange(u * unit, (u + 1) * unit) for u in cut]) for cut in cuts]
+    prompt_len = tb.attention_mask[:, :-T].sum(1).view(-1, G).amax(1)
+    response_len = tb.response_mask.sum(1).view(-1, G).amax(1)
+    packed_len = packed_lengths(tb) if shared_prefix else None
+
+    def input_tokens(units: list[int]) -> int:
+        if shared_prefix:
+            return len(units) * int(packed_len[units].max())
+        return len(units) * G * int(prompt_len[units].max() + response_len[units].max())
+
+    cuts = [[]]
+    for u in torch.argsort(packed_len if shared_prefix else prompt_len + response_len, stable=True).tolist():
+        if cuts[-1] and input_tokens(cuts[-1] + [u]) > tokens:
+            cuts.append([])
+        cuts[-1].append(u)
+    return [torch.cat([torch.arange(u * G, (u + 1) * G) for u in cut]) for cut in cuts]
+
+
+def packed_lengths(tb: TrainBatch) -> torch.Tensor:
+    """Length of each group's packed row (shared tokens once, then every row's own suffix): [groups]."""
+    G, P = tb.group_size, tb.input_ids.shape[1] - tb.response_mask.shape[1]
+    input_ids, attention_mask = tb.input_ids.cpu(), tb.attention_mask.cpu()
+    return torch.tensor([len(_packed_group(input_ids[g : g + G], attention_mask[g : g + G], P).ids)
+                         for g in range(0, len(tb), G)])
 
 
 def learner_micro_batches(tb: TrainBatch, cfg) -> list[tuple[torch.Tensor, TrainBatch]]:

@@ -10,8 +10,8 @@ from rpo_core.common.batching import to_train_batch
 from rpo_core.common.types import RolloutBatch, Sample
 from conftest import compose
 from rpo_core.common.checks import ConfigError
-from rpo_core.learner import (batched_logprobs, check_direct_head, combine_stats, micro_batches, response_logprobs,
-                              shared_prefix_logprobs)
+from rpo_core.learner import (batched_logprobs, check_direct_head, combine_stats, micro_batches, packed_lengths,
+                              response_logprobs, shared_prefix_logprobs)
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +136,15 @@ def test_token_budget_micro_batches_sort_by_length_and_cut_at_the_budget():
     tb = _mixed_lengths_batch()
     # whole groups by their longest row: 7 (rows 2-3), 14 (6-7), 21 (4-5), 28 (0-1); 2 groups x 2 rows x 14 = 56 fits
     # in 60, 3 x 2 x 21 does not; a group over the budget on its own (2 x 21 = 42 > 30) still gets its micro-batch
-    for shared_prefix in (False, True):
-        assert [m.tolist() for m in micro_batches(tb, 99, shared_prefix, tokens=60)] == [[2, 3, 6, 7], [4, 5], [0, 1]]
-        assert [m.tolist() for m in micro_batches(tb, 99, shared_prefix, tokens=30)] == [[2, 3], [6, 7], [4, 5], [0, 1]]
+    assert [m.tolist() for m in micro_batches(tb, 99, False, tokens=60)] == [[2, 3, 6, 7], [4, 5], [0, 1]]
+    assert [m.tolist() for m in micro_batches(tb, 99, False, tokens=30)] == [[2, 3], [6, 7], [4, 5], [0, 1]]
+    assert [m.tolist() for m in micro_batches(tb, 99, False, tokens=110)] == [[2, 3, 6, 7], [4, 5], [0, 1]]  # 126, 112
+    # shared prefix: each group is one packed row, prompt + both responses: 3+4+3 = 10, 5+9+8 = 22, 7+14+13 = 34,
+    # 10+18+17 = 45; the decoder sees groups x the longest: 3 x 34 = 102 fits in 110, 4 x 45 does not
+    assert packed_lengths(tb).tolist() == [45, 10, 34, 22]
+    assert [m.tolist() for m in micro_batches(tb, 99, True, tokens=110)] == [[2, 3, 6, 7, 4, 5], [0, 1]]
+    assert [m.tolist() for m in micro_batches(tb, 99, True, tokens=60)] == [[2, 3, 6, 7], [4, 5], [0, 1]]  # 102, 90
+    assert [m.tolist() for m in micro_batches(tb, 99, True, tokens=30)] == [[2, 3], [6, 7], [4, 5], [0, 1]]
     assert [m.tolist() for m in micro_batches(tb, 3, shared_prefix=False)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
     assert [m.tolist() for m in micro_batches(tb, 3, shared_prefix=True)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
 
@@ -150,7 +156,7 @@ def test_token_budget_micro_batches_return_logprobs_in_row_order(model, shared_p
     tb = _mixed_lengths_batch()
     with torch.no_grad():
         plain = response_logprobs(model, tb, 1.0)
-    for tokens in (0, 30, 60):
+    for tokens in (0, 30, 60, 110):
         cfg = compose("model=tiny", "learner.micro_batch_size=2", f"learner.micro_batch_tokens={tokens}",
                       f"learner.shared_prefix={str(shared_prefix).lower()}")
         assert torch.allclose(batched_logprobs(model, tb, cfg.learner, 1.0), plain, atol=1e-5), tokens
