@@ -21,8 +21,8 @@ is per process), one after the other so they never share the cores. Settings com
            bf16/chunk     learner.dtype=bfloat16 as well
            */shared       learner.shared_prefix=true: each group's shared tokens forwarded once (full/shared: the
                           output layer over all response tokens at once, no recompute in the backward)
-           */tokens       learner.micro_batch_tokens=4096: groups sorted by length, micro-batches cut at 4096 decoder
-                          input tokens (rows x width; shared: groups x the longest packed row)
+           */tokens       learner.micro_batch_tokens (--micro-batch-tokens, 4096): groups sorted by length, cut at that
+                          many decoder input tokens (rows x width; shared: groups x the longest packed row)
            rpo:*          the same rollouts shaped as RPO trains on them (80% of a response kept as the shared prefix)
 
 "x old" is each setting's tokens/s over the first setting run in its table (fp32/reserve1; fp32/full by default).
@@ -61,8 +61,8 @@ LEARNERS = {"fp32/full": {"dtype": "float32", "chunk": 0}, "fp32/chunk": {"dtype
             "fp32/chunk/shared": {"dtype": "float32", "chunk": 64, "shared": True},
             "fp32/full/shared": {"dtype": "float32", "chunk": 0, "shared": True},
             "bf16/chunk/shared": {"dtype": "bfloat16", "chunk": 64, "shared": True},
-            "fp32/chunk/tokens": {"dtype": "float32", "chunk": 64, "tokens": 4096},
-            "fp32/chunk/shared/tokens": {"dtype": "float32", "chunk": 64, "shared": True, "tokens": 4096}}
+            "fp32/chunk/tokens": {"dtype": "float32", "chunk": 64, "tokens": True},
+            "fp32/chunk/shared/tokens": {"dtype": "float32", "chunk": 64, "shared": True, "tokens": True}}
 LEARNERS.update({f"rpo:{n}": {**LEARNERS[n], "rpo": True} for n in ("fp32/chunk", "fp32/chunk/shared", "fp32/full/shared",
                                                                   "bf16/chunk/shared", "fp32/chunk/shared/tokens")})
 RPO_KEEP = 0.8  # the RPO-shaped batch: every sample of a group keeps the first 80% of one response (L ~ 20%)
@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--learners", nargs="*", default=list(LEARNERS), choices=list(LEARNERS))
     ap.add_argument("--learner-steps", type=int, default=1,
                     help="steps per learner setting on the same batch; > 1: time the mean of the steps after the first")
+    ap.add_argument("--micro-batch-tokens", type=int, default=4096,
+                    help="learner.micro_batch_tokens of the */tokens settings")
     ap.add_argument("--work", default="/tmp/rpo-bench-throughput")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -230,8 +232,10 @@ def main() -> None:
         learners = {}
         for name in args.learners:
             setting = LEARNERS[name]
-            r = run_child("learner", json.dumps(overrides), json.dumps({**setting, "steps": args.learner_steps}),
-                          str(batch), str(work / f"{length}-learner-{name.replace('/', '_').replace(':', '_')}.json"))
+            tokens = args.micro_batch_tokens if "tokens" in setting else 0
+            child = {**setting, "steps": args.learner_steps, "tokens": tokens}
+            r = run_child("learner", json.dumps(overrides), json.dumps(child), str(batch),
+                          str(work / f"{length}-learner-{name.replace('/', '_').replace(':', '_')}.json"))
             r["tps"] = r["tokens"] / r["seconds"]
             learners[name] = r
             share = 6 * r["params"] * r["tps"] / peak["bf16" if setting["dtype"] == "bfloat16" else "fp32"]
