@@ -2,9 +2,12 @@
 
     python experiments/bench_rollout.py                       # SmolLM2-135M on the default task
     python experiments/bench_rollout.py model=tiny --prompts 8
+    python experiments/bench_rollout.py data=gsm8k data.max_new_tokens=128 --prompts 8 --profile 20
 
 Part 1 times both engines on identical token-id prompts (after one warm-up call each) and prints tokens/s and their
 ratio. Part 2 runs a short real training run (`rpo-train`, a subprocess) and prints each phase's share of step time.
+--profile N instead runs one vLLM rollout of the configured engine in this process under torch's profiler and prints
+the N ops with the most CPU time, and how much of the wall time passed outside any op (vLLM's own Python).
 """
 from __future__ import annotations
 
@@ -73,6 +76,27 @@ def throughput(cfg, n_prompts: int) -> None:
     print(f"vllm / hf throughput ratio: {rows[0][3] / rows[1][3]:.2f}x")
 
 
+def op_profile(overrides, n_prompts: int, rows: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from rollout import build_engine
+
+    cfg = compose([*overrides, "rollout.engine_process=inproc"])  # the model's ops then run in this process
+    path, _, requests = rollout_requests(cfg, n_prompts)
+    engine = build_engine(cfg.rollout, path, cfg.seed)
+    engine.generate(requests[:2], cfg.rollout.temperature)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        groups = engine.generate(requests, cfg.rollout.temperature)
+        seconds = time.perf_counter() - start
+    tokens = sum(len(g.token_ids) for group in groups for g in group)
+    ops = prof.key_averages()
+    print(ops.table(sort_by="self_cpu_time_total", row_limit=rows))
+    in_ops = sum(e.self_cpu_time_total for e in ops) / 1e6
+    print(f"{tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tokens/s, profiled); in ops {in_ops:.1f} s, "
+          f"outside them {seconds - in_ops:.1f} s")
+
+
 def phase_shares(overrides, steps: int) -> None:
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "rpo_core.train", *overrides, f"trainer.total_steps={steps}",
@@ -95,7 +119,11 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=tiny")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--steps", type=int, default=4, help="training steps for the phase breakdown (0 = skip)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="only profile vLLM's ops, print the top N")
     args = ap.parse_args()
+    if args.profile:
+        op_profile(args.overrides, args.prompts, args.profile)
+        return
     cfg = compose(args.overrides)
     throughput(cfg, args.prompts)
     if args.steps:
