@@ -67,8 +67,8 @@ def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
     hf = getattr(model, "module", model)
     G, T = tb.group_size, tb.response_mask.shape[1]
     P = tb.input_ids.shape[1] - T
-    input_ids, attention_mask = tb.input_ids.cpu(), tb.attention_mask.cpu()  # the packing is host work
-    packs = [_packed_group(input_ids[g : g + G], attention_mask[g : g + G], P) for g in range(0, len(tb), G)]
+    input_ids = tb.input_ids.cpu()  # the packing is host work
+    packs = _packed_groups(input_ids, tb.attention_mask.cpu(), G, P)
     width = max(len(pack.ids) for pack in packs)
 
     def padded(field: str, value: int) -> torch.Tensor:
@@ -98,6 +98,11 @@ class PackedGroup(NamedTuple):
     positions: torch.Tensor
     segments: torch.Tensor
     index: torch.Tensor
+
+
+def _packed_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, G: int, P: int) -> list[PackedGroup]:
+    """The packed row of every group of G consecutive rows (host tensors)."""
+    return [_packed_group(input_ids[g : g + G], attention_mask[g : g + G], P) for g in range(0, len(input_ids), G)]
 
 
 def _packed_group(input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> PackedGroup:
@@ -208,10 +213,9 @@ def micro_batches(tb: TrainBatch, size: int, shared_prefix: bool, tokens: int = 
 
 def packed_lengths(tb: TrainBatch) -> torch.Tensor:
     """Length of each group's packed row (shared tokens once, then every row's own suffix): [groups]."""
-    G, P = tb.group_size, tb.input_ids.shape[1] - tb.response_mask.shape[1]
-    input_ids, attention_mask = tb.input_ids.cpu(), tb.attention_mask.cpu()
-    return torch.tensor([len(_packed_group(input_ids[g : g + G], attention_mask[g : g + G], P).ids)
-                         for g in range(0, len(tb), G)])
+    P = tb.input_ids.shape[1] - tb.response_mask.shape[1]
+    packs = _packed_groups(tb.input_ids.cpu(), tb.attention_mask.cpu(), tb.group_size, P)
+    return torch.tensor([len(pack.ids) for pack in packs])
 
 
 def learner_micro_batches(tb: TrainBatch, cfg) -> list[tuple[torch.Tensor, TrainBatch]]:
