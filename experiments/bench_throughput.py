@@ -121,6 +121,7 @@ def learner_child(overrides: list[str], setting: dict, batch_file: Path, out: Pa
 
     cfg = compose([*overrides, f"learner.dtype={setting['dtype']}", f"learner.logprob_chunk={setting['chunk']}",
                    f"learner.shared_prefix={str(setting.get('shared', False)).lower()}",
+                   f"learner.shared_prefix_mode={setting.get('mode', 'packed')}",
                    f"learner.micro_batch_tokens={setting.get('tokens', 0)}"])
     configure_environment("cpu")
     init_distributed("gloo")

@@ -16,6 +16,7 @@ from rewards import SCORERS, STYLES
 from rewards.shaping import LENGTH_UNITS
 from rollout import ENGINES, PLACEMENTS
 from rpo_core.checkpoint import is_complete
+from rpo_core.learner import SHARED_PREFIX_MODES
 from rpo_core.data import SOURCES
 from rpo_core.common.checks import ConfigError, boolean, choice, get, integer, is_number, number
 
@@ -90,7 +91,12 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"learner.optim.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.99]")
     boolean(cfg, "learner.gradient_checkpointing")
     integer(cfg, "learner.logprob_chunk", 0)
-    boolean(cfg, "learner.shared_prefix")
+    if boolean(cfg, "learner.shared_prefix"):
+        mode = choice(cfg, "learner.shared_prefix_mode", SHARED_PREFIX_MODES)
+        if mode == "kv_cache" and cfg.learner.gradient_checkpointing:
+            raise ConfigError("learner.shared_prefix_mode=kv_cache reuses the shared tokens' cached keys and values, "
+                              "which transformers' gradient checkpointing turns off: use shared_prefix_mode=packed "
+                              "or learner.gradient_checkpointing=false")
     boolean(cfg, "learner.skip_inert_groups")
     # algorithm: each class checks its own options
     ALGORITHMS.get(cfg.algorithm.name).validate(cfg)

@@ -7,6 +7,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM
 
@@ -80,12 +81,62 @@ def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
                               position_ids=padded("positions", 0).to(device), use_cache=False).last_hidden_state
     # row i's response token j is predicted by the state at index[i, j] of the groups' rows laid end to end
     index = torch.cat([pack.index + k * width for k, pack in enumerate(packs)])
+    return _shared_state_logprobs(hf, hidden.flatten(0, 1), index, tb, temperature, chunk)
+
+
+def cached_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 64) -> torch.Tensor:
+    """shared_prefix_logprobs through the decoder's key/value cache instead of packed rows. Exact.
+
+    The decoder runs once on every group's shared tokens, then on the G suffixes of each group, which attend to the
+    shared tokens' cached keys and values (copied G times, with gradient, so the backward reaches the shared tokens
+    through every suffix). Unlike a packed row it builds no [L, L] mask and computes no attention between the
+    suffixes of a group, which is faster for long responses and costs those G copies in memory. Needs the model's
+    cache, which transformers turns off under gradient checkpointing. The rows of `tb` must be whole groups."""
+    hf = getattr(model, "module", model)
+    G, T = tb.group_size, tb.response_mask.shape[1]
+    packs = _packed_groups(tb.input_ids.cpu(), tb.attention_mask.cpu(), G, tb.input_ids.shape[1] - T)
+    shared = [pack.segments == 0 for pack in packs]
+    suffixes = [pack.segments == k for pack in packs for k in range(1, G + 1)]
+    owners = [pack for pack in packs for _ in range(G)]
+    device = tb.input_ids.device
+
+    def padded(parts: list[torch.Tensor], side: str) -> torch.Tensor:
+        return pad_sequence(parts, batch_first=True, padding_side=side).to(device)
+
+    prefix_mask = padded([torch.ones(int(s.sum()), dtype=torch.long) for s in shared], "left")
+    suffix_mask = padded([torch.ones(int(s.sum()), dtype=torch.long) for s in suffixes], "right")
+    decoder = hf.get_decoder()
+    out = decoder(input_ids=padded([p.ids[s] for p, s in zip(packs, shared)], "left"), attention_mask=prefix_mask,
+                  position_ids=padded([p.positions[s] for p, s in zip(packs, shared)], "left"), use_cache=True)
+    prefix_hidden, cache = out.last_hidden_state, out.past_key_values
+    del out
+    cache.batch_repeat_interleave(G)  # one copy of a group's shared keys and values per suffix
+    suffix_hidden = decoder(input_ids=padded([p.ids[s] for p, s in zip(owners, suffixes)], "right"),
+                            attention_mask=torch.cat([prefix_mask.repeat_interleave(G, 0), suffix_mask], 1),
+                            position_ids=padded([p.positions[s] for p, s in zip(owners, suffixes)], "right"),
+                            past_key_values=cache, use_cache=True).last_hidden_state
+    del cache  # the backward holds what it needs; the cache's own copies can go
+    # Each group's packed positions [shared, suffix_1, ..., suffix_G], as rows of the two outputs laid end to end.
+    prefix_at = prefix_mask.flatten().nonzero()[:, 0].cpu().split([int(s.sum()) for s in shared])
+    suffix_at = (prefix_mask.numel() + suffix_mask.flatten().nonzero()[:, 0].cpu()).split(
+        [int((pack.segments > 0).sum()) for pack in packs])
+    tables = [torch.cat(parts) for parts in zip(prefix_at, suffix_at)]
+    # (a padded response column's index points past its row's tokens; clamped, it is never read)
+    index = torch.cat([table[pack.index.clamp(max=len(table) - 1)] for table, pack in zip(tables, packs)])
+    hidden = torch.cat([prefix_hidden.flatten(0, 1), suffix_hidden.flatten(0, 1)])
+    return _shared_state_logprobs(hf, hidden, index, tb, temperature, chunk)
+
+
+def _shared_state_logprobs(hf, hidden: torch.Tensor, index: torch.Tensor, tb: TrainBatch, temperature: float,
+                           chunk: int) -> torch.Tensor:
+    """[N, T] logprobs of the response tokens of `tb`, token j of row i predicted by hidden[index[i, j]] (zero on
+    padding). A state predicting the same token in several rows (every kept-prefix token under RPO) is one
+    (state, target) pair: its logprob is computed once and repeated, so its gradient adds up as before."""
+    P = tb.input_ids.shape[1] - tb.response_mask.shape[1]
     valid = tb.response_mask.bool().cpu()
-    # A shared state predicting the same token in several rows (every kept-prefix token under RPO) is one
-    # (state, target) pair: its logprob is computed once and repeated, so its gradient adds up as before.
-    pairs = torch.stack([index[valid], input_ids[:, P:][valid]])
+    pairs = torch.stack([index[valid], tb.input_ids[:, P:].cpu()[valid]])
     (states, targets), repeat = (t.to(hidden.device) for t in torch.unique(pairs, dim=1, return_inverse=True))
-    logp = head_logprobs(hf.get_output_embeddings(), hidden.flatten(0, 1)[states], targets, temperature, chunk * G)
+    logp = head_logprobs(hf.get_output_embeddings(), hidden[states], targets, temperature, chunk * tb.group_size)
     out = torch.zeros(valid.shape, dtype=logp.dtype, device=logp.device)
     out[valid.to(logp.device)] = logp[repeat]
     return out
@@ -176,11 +227,15 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: fl
     return logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
 
 
-def policy_logprobs(model, micro: TrainBatch, temperature: float, chunk: int, shared_prefix: bool) -> torch.Tensor:
-    """response_logprobs, or its shared-prefix form (same values; `micro` must then hold whole groups)."""
-    if shared_prefix:
-        return shared_prefix_logprobs(model, micro, temperature, chunk)
-    return response_logprobs(model, micro, temperature, chunk)
+SHARED_PREFIX_MODES = {"packed": shared_prefix_logprobs, "kv_cache": cached_prefix_logprobs}
+
+
+def policy_logprobs(model, micro: TrainBatch, temperature: float, cfg) -> torch.Tensor:
+    """response_logprobs, or with learner.shared_prefix its shared-prefix form in learner.shared_prefix_mode (same
+    values; `micro` must then hold whole groups). `cfg`: the learner config."""
+    if cfg.shared_prefix:
+        return SHARED_PREFIX_MODES[cfg.shared_prefix_mode](model, micro, temperature, cfg.logprob_chunk)
+    return response_logprobs(model, micro, temperature, cfg.logprob_chunk)
 
 
 def micro_batches(tb: TrainBatch, size: int, shared_prefix: bool, tokens: int = 0) -> list[torch.Tensor]:
@@ -231,7 +286,7 @@ def batched_logprobs(model, tb: TrainBatch, cfg, temperature: float, device="cpu
     order, logps = [], []
     for index, micro in learner_micro_batches(tb, cfg):
         order.append(index)
-        logps.append(policy_logprobs(model, micro.to(device), temperature, cfg.logprob_chunk, cfg.shared_prefix).cpu())
+        logps.append(policy_logprobs(model, micro.to(device), temperature, cfg).cpu())
     return _in_row_order(logps, order, shape=tuple(tb.response_mask.shape))
 
 
@@ -324,7 +379,7 @@ class DeepSpeedLearner:
         for k, (index, micro) in enumerate(self._same_count_on_every_rank(micros)):
             repeat = k >= len(micros)  # a zero-weight pass that only keeps this rank in step with the others
             micro = micro.to(self.device)
-            logp = policy_logprobs(self.engine, micro, self.temperature, self.cfg.logprob_chunk, self.cfg.shared_prefix)
+            logp = policy_logprobs(self.engine, micro, self.temperature, self.cfg)
             loss, stats = loss_fn(logp, micro)
             share = 0.0 if repeat else float(micro.loss_mask.sum().item() / tokens_total if token_level
                                              else len(micro) / rows_total)

@@ -48,6 +48,11 @@ BAD = [
      "algorithm.inference_batch_size=64 must be a multiple of algorithm.train_batch_size=24"),
     (["algorithm=rapid", "algorithm.inference_batch_size=8"],
      "algorithm.inference_batch_size=8 must be a multiple of algorithm.train_batch_size=16"),
+    # shared-prefix learner
+    (["learner.shared_prefix=true", "learner.shared_prefix_mode=paged"],
+     "learner.shared_prefix_mode='paged' is not one of: packed, kv_cache"),
+    (["learner.shared_prefix=true", "learner.shared_prefix_mode=kv_cache", "learner.gradient_checkpointing=true"],
+     "learner.shared_prefix_mode=kv_cache reuses the shared tokens' cached keys and values"),
     # ZeRO stage out of range
     (["learner.zero_stage=4"], "learner.zero_stage=4 must be in [0, 3]"),
     (["learner.zero_stage=-1"], "learner.zero_stage=-1 must be in [0, 3]"),
@@ -182,6 +187,8 @@ def test_experiment_bundles_validate_with_rpo(experiment, algorithm):
     ["device=cuda", "learner.backend=nccl", "learner.dtype=bfloat16"],
     ["device=cuda", "learner.backend=nccl", "rollout.block_size=16"], ["rollout.block_size=null"],
     ["model=tiny", "data=gsm8k", "reward.correctness=signed"],
+    ["learner.shared_prefix=true", "learner.shared_prefix_mode=kv_cache"],
+    ["learner.shared_prefix=true", "learner.gradient_checkpointing=true"],  # packed rows take checkpointing
 ])
 def test_boundary_values_are_accepted(overrides):
     validate_config(compose(*overrides))

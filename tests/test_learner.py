@@ -10,8 +10,8 @@ from rpo_core.common.batching import to_train_batch
 from rpo_core.common.types import RolloutBatch, Sample
 from conftest import compose
 from rpo_core.common.checks import ConfigError
-from rpo_core.learner import (batched_logprobs, check_direct_head, combine_stats, micro_batches, packed_lengths,
-                              response_logprobs, shared_prefix_logprobs)
+from rpo_core.learner import (SHARED_PREFIX_MODES, batched_logprobs, check_direct_head, combine_stats, micro_batches,
+                              packed_lengths, response_logprobs)
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,11 @@ def test_a_batch_moves_to_the_learner_device_whole():
     assert moved.group_size == tb.group_size
 
 
-@pytest.mark.parametrize("chunk", [0, 2])
-def test_shared_prefix_forward_is_exact(model, chunk):
+@pytest.mark.parametrize("mode, chunk", [("packed", 0), ("packed", 2), ("kv_cache", 0), ("kv_cache", 2)])
+def test_shared_prefix_forward_is_exact(model, mode, chunk):
     """Groups of 3 sharing their prompt (group 0) and, as under RPO, 4 kept response tokens (group 1): forwarding the
     shared tokens once per group gives the padded computation's logprobs and gradients (output layer in checkpointed
-    chunks, or all at once)."""
+    chunks, or all at once), as one packed row per group or through the shared tokens' cached keys and values."""
     g = torch.Generator().manual_seed(0)
     samples = []
     for q in range(2):
@@ -94,8 +94,9 @@ def test_shared_prefix_forward_is_exact(model, chunk):
             samples.append(Sample(uid=str(q), prompt_ids=prompt, response_ids=response,
                                   behavior_logprobs=[0.0] * len(response), prefix_len=len(prefix)))
     tb = to_train_batch(RolloutBatch(samples, group_size=3, rewards=[1.0, 0.0] * 3), pad_id=0, step=1)
+    shared_fn = SHARED_PREFIX_MODES[mode]
     results = []
-    for fn in (lambda: response_logprobs(model, tb, 0.7), lambda: shared_prefix_logprobs(model, tb, 0.7, chunk=chunk)):
+    for fn in (lambda: response_logprobs(model, tb, 0.7), lambda: shared_fn(model, tb, 0.7, chunk=chunk)):
         model.zero_grad()
         logp = fn()
         (logp * torch.arange(1, logp.numel() + 1, dtype=logp.dtype).view_as(logp)).sum().backward()
@@ -104,18 +105,19 @@ def test_shared_prefix_forward_is_exact(model, chunk):
     assert (plain != 0).sum() == tb.response_mask.sum() and torch.allclose(plain, shared, atol=1e-5)
     worst = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(plain_grads, shared_grads))
     assert worst < 1e-5, worst
-    # the output layer runs once per kept-prefix token, not once per row: 30 response tokens, 2 x 4 of them repeats;
-    # the decoder once, on both groups' packed rows (of 14 and 21 tokens: the first one padded)
+    # the output layer runs once per kept-prefix token, not once per row: 30 response tokens, 2 x 4 of them repeats.
+    # packed: the decoder once, on both groups' packed rows (of 14 and 21 tokens: the first one padded);
+    # kv_cache: once on the groups' shared tokens (5 and 12, left-padded), once on the 6 rows' suffixes (2 to 4 tokens)
     seen, decoded = [], []
     hooks = [model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(len(args[0]))),
              model.get_decoder().register_forward_hook(lambda m, args, kwargs, out: decoded.append(kwargs["input_ids"]),
                                                        with_kwargs=True)]
     with torch.no_grad():
-        shared_prefix_logprobs(model, tb, 0.7, chunk=chunk)
+        shared_fn(model, tb, 0.7, chunk=chunk)
     for hook in hooks:
         hook.remove()
     assert tb.response_mask.sum() == 30 and sum(seen) == 30 - 2 * 4
-    assert [tuple(ids.shape) for ids in decoded] == [(2, 21)]
+    assert [tuple(ids.shape) for ids in decoded] == {"packed": [(2, 21)], "kv_cache": [(2, 12), (6, 4)]}[mode]
 
 
 def _mixed_lengths_batch():
@@ -149,7 +151,7 @@ def test_token_budget_micro_batches_sort_by_length_and_cut_at_the_budget():
     assert [m.tolist() for m in micro_batches(tb, 3, shared_prefix=True)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
 
 
-@pytest.mark.parametrize("shared_prefix", [False, True])
+@pytest.mark.parametrize("shared_prefix", [None, "packed", "kv_cache"])
 def test_token_budget_micro_batches_return_logprobs_in_row_order(model, shared_prefix):
     """Micro-batches cut by token budget (groups sorted by length) give every row its own logprobs, in the batch's
     order, as the row cut and the plain full-batch computation do."""
@@ -158,7 +160,8 @@ def test_token_budget_micro_batches_return_logprobs_in_row_order(model, shared_p
         plain = response_logprobs(model, tb, 1.0)
     for tokens in (0, 30, 60, 110):
         cfg = compose("model=tiny", "learner.micro_batch_size=2", f"learner.micro_batch_tokens={tokens}",
-                      f"learner.shared_prefix={str(shared_prefix).lower()}")
+                      f"learner.shared_prefix={shared_prefix is not None}".lower(),
+                      f"learner.shared_prefix_mode={shared_prefix or 'packed'}")
         assert torch.allclose(batched_logprobs(model, tb, cfg.learner, 1.0), plain, atol=1e-5), tokens
 
 

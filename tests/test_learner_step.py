@@ -43,21 +43,22 @@ def _distance(a, b):
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(a[n] - b[n]) for n in a])).item()
 
 
-@pytest.mark.parametrize("shared_prefix", [False, True])
+@pytest.mark.parametrize("shared_prefix", [None, "packed", "kv_cache"])
 @pytest.mark.parametrize("loss_fn,token_level", [(_token_mean_loss, True), (_row_mean_loss, False)])
 def test_token_budget_step_equals_the_whole_batch_step(tiny_model_path, dist, loss_fn, token_level, shared_prefix):
-    """Whole batch in one micro-batch vs rows cut by count (2) vs groups sorted by length and cut by a token budget
-    (30, 60): same gradient norm, same logprobs, same weights after the step. The batch mixes response lengths and
-    rewards, so a micro-batch weighted by the wrong share (row share for a token mean, or equal shares) moves the
-    weights differently."""
+    """Whole batch in one micro-batch of the plain learner vs rows cut by count (2) vs groups sorted by length and cut
+    by a token budget (30, 60), each plain or with a shared-prefix forward: same gradient norm, same logprobs, same
+    weights after the step. The batch mixes response lengths and rewards, so a micro-batch weighted by the wrong share
+    (row share for a token mean, or equal shares) moves the weights differently."""
     tb = _mixed_lengths_batch()
-    sp = f"learner.shared_prefix={str(shared_prefix).lower()}"
-    whole, w_whole = _one_step(tiny_model_path, tb, loss_fn, token_level, "learner.micro_batch_size=8", sp)
+    sp = [f"learner.shared_prefix={shared_prefix is not None}".lower(),
+          f"learner.shared_prefix_mode={shared_prefix or 'packed'}"]
+    whole, w_whole = _one_step(tiny_model_path, tb, loss_fn, token_level, "learner.micro_batch_size=8")
     assert whole.grad_norm > 1e-3, "the loss gives no gradient: the comparison below would check nothing"
     before = dict(AutoModelForCausalLM.from_pretrained(tiny_model_path).named_parameters())
     moved = _distance(w_whole, before)
     for cut in ("learner.micro_batch_size=2", "learner.micro_batch_tokens=30", "learner.micro_batch_tokens=60"):
-        result, weights = _one_step(tiny_model_path, tb, loss_fn, token_level, "learner.micro_batch_size=2", cut, sp)
+        result, weights = _one_step(tiny_model_path, tb, loss_fn, token_level, "learner.micro_batch_size=2", cut, *sp)
         assert result.grad_norm == pytest.approx(whole.grad_norm, rel=1e-4), cut
         assert torch.allclose(result.logprobs, whole.logprobs, atol=1e-5), cut
         # a norm over all weights: Adam's first step is ~lr * sign(g), so a few near-zero gradient entries may flip
