@@ -21,6 +21,7 @@ is per process), one after the other so they never share the cores. Settings com
            bf16/chunk     learner.dtype=bfloat16 as well
            */shared       learner.shared_prefix=true: each group's shared tokens forwarded once (full/shared: the
                           output layer over all response tokens at once, no recompute in the backward)
+           */shared/kv    learner.shared_prefix_mode=kv_cache: the shared tokens' cached keys/values, not packed rows
            */tokens       learner.micro_batch_tokens (--micro-batch-tokens, 4096): groups sorted by length, cut at that
                           many decoder input tokens (rows x width; shared: groups x the longest packed row)
            rpo:*          the same rollouts shaped as RPO trains on them (80% of a response kept as the shared prefix)
@@ -62,9 +63,11 @@ LEARNERS = {"fp32/full": {"dtype": "float32", "chunk": 0}, "fp32/chunk": {"dtype
             "fp32/full/shared": {"dtype": "float32", "chunk": 0, "shared": True},
             "bf16/chunk/shared": {"dtype": "bfloat16", "chunk": 64, "shared": True},
             "fp32/chunk/tokens": {"dtype": "float32", "chunk": 64, "tokens": True},
-            "fp32/chunk/shared/tokens": {"dtype": "float32", "chunk": 64, "shared": True, "tokens": True}}
+            "fp32/chunk/shared/tokens": {"dtype": "float32", "chunk": 64, "shared": True, "tokens": True},
+            "fp32/chunk/shared/kv": {"dtype": "float32", "chunk": 64, "shared": True, "mode": "kv_cache"}}
 LEARNERS.update({f"rpo:{n}": {**LEARNERS[n], "rpo": True} for n in ("fp32/chunk", "fp32/chunk/shared", "fp32/full/shared",
-                                                                  "bf16/chunk/shared", "fp32/chunk/shared/tokens")})
+                                                                  "bf16/chunk/shared", "fp32/chunk/shared/tokens",
+                                                                  "fp32/chunk/shared/kv")})
 RPO_KEEP = 0.8  # the RPO-shaped batch: every sample of a group keeps the first 80% of one response (L ~ 20%)
 
 
