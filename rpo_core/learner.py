@@ -81,7 +81,7 @@ def shared_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
                               position_ids=padded("positions", 0).to(device), use_cache=False).last_hidden_state
     # row i's response token j is predicted by the state at index[i, j] of the groups' rows laid end to end
     index = torch.cat([pack.index + k * width for k, pack in enumerate(packs)])
-    return _shared_state_logprobs(hf, hidden.flatten(0, 1), index, tb, temperature, chunk)
+    return _shared_state_logprobs(hf, hidden.flatten(0, 1), index, input_ids[:, P:], tb, temperature, chunk)
 
 
 def cached_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int = 64) -> torch.Tensor:
@@ -94,7 +94,9 @@ def cached_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
     cache, which transformers turns off under gradient checkpointing. The rows of `tb` must be whole groups."""
     hf = getattr(model, "module", model)
     G, T = tb.group_size, tb.response_mask.shape[1]
-    packs = _packed_groups(tb.input_ids.cpu(), tb.attention_mask.cpu(), G, tb.input_ids.shape[1] - T)
+    P = tb.input_ids.shape[1] - T
+    input_ids = tb.input_ids.cpu()  # the packing is host work
+    packs = _packed_groups(input_ids, tb.attention_mask.cpu(), G, P)
     shared = [pack.segments == 0 for pack in packs]
     suffixes = [pack.segments == k for pack in packs for k in range(1, G + 1)]
     owners = [pack for pack in packs for _ in range(G)]
@@ -124,17 +126,16 @@ def cached_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
     # (a padded response column's index points past its row's tokens; clamped, it is never read)
     index = torch.cat([table[pack.index.clamp(max=len(table) - 1)] for table, pack in zip(tables, packs)])
     hidden = torch.cat([prefix_hidden.flatten(0, 1), suffix_hidden.flatten(0, 1)])
-    return _shared_state_logprobs(hf, hidden, index, tb, temperature, chunk)
+    return _shared_state_logprobs(hf, hidden, index, input_ids[:, P:], tb, temperature, chunk)
 
 
-def _shared_state_logprobs(hf, hidden: torch.Tensor, index: torch.Tensor, tb: TrainBatch, temperature: float,
-                           chunk: int) -> torch.Tensor:
-    """[N, T] logprobs of the response tokens of `tb`, token j of row i predicted by hidden[index[i, j]] (zero on
-    padding). A state predicting the same token in several rows (every kept-prefix token under RPO) is one
+def _shared_state_logprobs(hf, hidden: torch.Tensor, index: torch.Tensor, responses: torch.Tensor, tb: TrainBatch,
+                           temperature: float, chunk: int) -> torch.Tensor:
+    """[N, T] logprobs of the response tokens of `tb` (`responses`, its [N, T] response columns on the host), token j of
+    row i predicted by hidden[index[i, j]] (zero on padding). A state predicting the same token in several rows (every kept-prefix token under RPO) is one
     (state, target) pair: its logprob is computed once and repeated, so its gradient adds up as before."""
-    P = tb.input_ids.shape[1] - tb.response_mask.shape[1]
     valid = tb.response_mask.bool().cpu()
-    pairs = torch.stack([index[valid], tb.input_ids[:, P:].cpu()[valid]])
+    pairs = torch.stack([index[valid], responses[valid]])
     (states, targets), repeat = (t.to(hidden.device) for t in torch.unique(pairs, dim=1, return_inverse=True))
     logp = head_logprobs(hf.get_output_embeddings(), hidden[states], targets, temperature, chunk * tb.group_size)
     out = torch.zeros(valid.shape, dtype=logp.dtype, device=logp.device)
