@@ -52,7 +52,7 @@ def synthetic_batch(groups: int, response_tokens: int, regenerated: int, rpo: bo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--response-tokens", type=int, nargs="+", default=[1200], help="R, tokens per response")
-    ap.add_argument("--regenerated", type=int, default=300, help="L, tokens each RPO sample generates (the paper's 300)")
+    ap.add_argument("--regenerated", type=int, default=300, help="L, tokens an RPO sample generates (paper: 300)")
     ap.add_argument("--groups", type=int, default=1, help="prompts (x 8 samples) per batch")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--work", default="/tmp/rpo-bench-long-prefix")
@@ -65,11 +65,12 @@ def main() -> None:
     for R in args.response_tokens:
         print(f"\n== responses of {R} tokens (RPO: {R - args.regenerated} kept)")
         print(f"{'setting':14} {'s':>7} {'x grpo':>7} {'peak GB':>8}")
+        batch_files = {shape: work / f"batch-{R}-{shape}.pt" for shape in ("grpo", "rpo")}
+        for shape, path in batch_files.items():
+            torch.save(synthetic_batch(args.groups, R, args.regenerated, rpo=shape == "rpo"), path)
         times = {}
         for name in args.settings:
-            rpo = name.startswith("rpo:")
-            batch_file = work / f"batch-{R}-{'rpo' if rpo else 'grpo'}.pt"
-            torch.save(synthetic_batch(args.groups, R, args.regenerated, rpo), batch_file)
+            batch_file = batch_files[name.split(":")[0]]
             setting = {"dtype": "float32", "chunk": 64, "steps": 1, **SETTINGS[name]}
             r = run_child("learner", json.dumps(overrides), json.dumps(setting), str(batch_file),
                           str(work / f"{R}-{name.replace(':', '_')}.json"))

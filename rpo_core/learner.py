@@ -131,9 +131,10 @@ def cached_prefix_logprobs(model, tb: TrainBatch, temperature: float, chunk: int
 
 def _shared_state_logprobs(hf, hidden: torch.Tensor, index: torch.Tensor, responses: torch.Tensor, tb: TrainBatch,
                            temperature: float, chunk: int) -> torch.Tensor:
-    """[N, T] logprobs of the response tokens of `tb` (`responses`, its [N, T] response columns on the host), token j of
-    row i predicted by hidden[index[i, j]] (zero on padding). A state predicting the same token in several rows (every kept-prefix token under RPO) is one
-    (state, target) pair: its logprob is computed once and repeated, so its gradient adds up as before."""
+    """[N, T] logprobs of the response tokens of `tb` (`responses`, its [N, T] response columns on the host), token j
+    of row i predicted by hidden[index[i, j]] (zero on padding). A state predicting the same token in several rows
+    (every kept-prefix token under RPO) is one (state, target) pair: its logprob is computed once and repeated, so
+    its gradient adds up as before."""
     valid = tb.response_mask.bool().cpu()
     pairs = torch.stack([index[valid], responses[valid]])
     (states, targets), repeat = (t.to(hidden.device) for t in torch.unique(pairs, dim=1, return_inverse=True))
