@@ -22,6 +22,7 @@ is per process), one after the other so they never share the cores. Settings com
            */shared       learner.shared_prefix=true: each group's shared tokens forwarded once (full/shared: the
                           output layer over all response tokens at once, no recompute in the backward)
            */shared/kv    learner.shared_prefix_mode=kv_cache: the shared tokens' cached keys/values, not packed rows
+           */ckpt         learner.gradient_checkpointing=true: the decoder layers' activations recomputed in the backward
            */tokens       learner.micro_batch_tokens (--micro-batch-tokens, 4096): groups sorted by length, cut at that
                           many decoder input tokens (rows x width; shared: groups x the longest packed row)
            rpo:*          the same rollouts shaped as RPO trains on them (80% of a response kept as the shared prefix)
@@ -64,7 +65,8 @@ LEARNERS = {"fp32/full": {"dtype": "float32", "chunk": 0}, "fp32/chunk": {"dtype
             "bf16/chunk/shared": {"dtype": "bfloat16", "chunk": 64, "shared": True},
             "fp32/chunk/tokens": {"dtype": "float32", "chunk": 64, "tokens": True},
             "fp32/chunk/shared/tokens": {"dtype": "float32", "chunk": 64, "shared": True, "tokens": True},
-            "fp32/chunk/shared/kv": {"dtype": "float32", "chunk": 64, "shared": True, "mode": "kv_cache"}}
+            "fp32/chunk/shared/kv": {"dtype": "float32", "chunk": 64, "shared": True, "mode": "kv_cache"},
+            "fp32/chunk/shared/ckpt": {"dtype": "float32", "chunk": 64, "shared": True, "ckpt": True}}
 LEARNERS.update({f"rpo:{n}": {**LEARNERS[n], "rpo": True} for n in ("fp32/chunk", "fp32/chunk/shared", "fp32/full/shared",
                                                                   "bf16/chunk/shared", "fp32/chunk/shared/tokens",
                                                                   "fp32/chunk/shared/kv")})
@@ -125,7 +127,8 @@ def learner_child(overrides: list[str], setting: dict, batch_file: Path, out: Pa
     cfg = compose([*overrides, f"learner.dtype={setting['dtype']}", f"learner.logprob_chunk={setting['chunk']}",
                    f"learner.shared_prefix={str(setting.get('shared', False)).lower()}",
                    f"learner.shared_prefix_mode={setting.get('mode', 'packed')}",
-                   f"learner.micro_batch_tokens={setting.get('tokens', 0)}"])
+                   f"learner.micro_batch_tokens={setting.get('tokens', 0)}",
+                   f"learner.gradient_checkpointing={str(setting.get('ckpt', False)).lower()}"])
     configure_environment("cpu")
     init_distributed("gloo")
     from algorithms import build_algorithm
