@@ -28,15 +28,22 @@ def _row_mean_loss(logp, mb):
     return -(adv * (logp * mb.loss_mask).sum(1) / mb.loss_mask.sum(1)).mean(), {}
 
 
-def _one_step(model_path, tb, loss_fn, token_level, *overrides):
+def _learner(model_path, *overrides, world_size=1):
     import deepspeed.utils.groups
     from rpo_core.learner import DeepSpeedLearner
 
-    deepspeed.utils.groups._WORLD_GROUP = None  # a fresh clone of the world group (see test_weight_sync)
+    deepspeed.utils.groups._WORLD_GROUP = None  # a fresh clone of the world group for each engine
     cfg = compose("model=tiny", "learner.optim.lr=1e-3", "learner.optim.grad_clip=0", *overrides)
-    learner = DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, temperature=1.0)
-    result = learner.train_step(tb, loss_fn, token_level=token_level)
-    return result, {name: p.detach().clone() for name, p in learner.full_weights()}
+    return DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, temperature=1.0, world_size=world_size)
+
+
+def _weights(learner):
+    return {name: p.detach().clone() for name, p in learner.full_weights()}
+
+
+def _one_step(model_path, tb, loss_fn, token_level, *overrides):
+    learner = _learner(model_path, *overrides)
+    return learner.train_step(tb, loss_fn, token_level=token_level), _weights(learner)
 
 
 def _distance(a, b):
@@ -70,15 +77,6 @@ def _advantage_loss(logp, mb):
     return -(mb.advantages.unsqueeze(1) * logp * mb.loss_mask).sum() / mb.loss_mask.sum(), {}
 
 
-def _learner(model_path, *overrides, world_size=1):
-    import deepspeed.utils.groups
-    from rpo_core.learner import DeepSpeedLearner
-
-    deepspeed.utils.groups._WORLD_GROUP = None  # a fresh clone of the world group for each engine
-    cfg = compose("model=tiny", "learner.optim.lr=1e-3", "learner.optim.grad_clip=0", *overrides)
-    return DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, temperature=1.0, world_size=world_size)
-
-
 @pytest.mark.parametrize("shared_prefix", [False, True])
 def test_gradient_checkpointing_gives_the_same_step_and_recomputes(tiny_model_path, dist, shared_prefix):
     """learner.gradient_checkpointing=true, plain and with the packed shared prefix: the same gradient norm, logprobs
@@ -93,7 +91,7 @@ def test_gradient_checkpointing_gives_the_same_step_and_recomputes(tiny_model_pa
         calls = []  # a pre-hook: torch's non-reentrant checkpoint stops its recompute early, before the layer's end
         learner.engine.module.model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
         result = learner.train_step(tb, _token_mean_loss, token_level=True)
-        runs[ckpt] = result, {n: p.detach().clone() for n, p in learner.full_weights()}, len(calls)
+        runs[ckpt] = result, _weights(learner), len(calls)
     (plain, w_plain, calls_plain), (ckpt, w_ckpt, calls_ckpt) = runs[False], runs[True]
     assert plain.grad_norm > 1e-3, "the loss gives no gradient: the comparison below would check nothing"
     assert calls_ckpt == 2 * calls_plain, (calls_ckpt, calls_plain)
@@ -117,11 +115,11 @@ def test_skipping_inert_groups_gives_the_whole_batch_step(tiny_model_path, dist,
     for skip in (None, inert):
         learner = _learner(tiny_model_path, "learner.micro_batch_size=2", sp)
         results.append(learner.train_step(tb, _advantage_loss, token_level=True, inert_groups=skip))
-        weights.append({name: p.detach().clone() for name, p in learner.full_weights()})
+        weights.append(_weights(learner))
         still = replace(tb, advantages=torch.zeros(8))  # every group inert
         learner.train_step(still, _advantage_loss, token_level=True,
                            inert_groups=None if skip is None else torch.ones(4, dtype=torch.bool))
-        weights.append({name: p.detach().clone() for name, p in learner.full_weights()})
+        weights.append(_weights(learner))
     whole, skipped = results
     assert whole.grad_norm > 1e-3
     assert (whole.rows_computed, skipped.rows_computed) == (8, 4)
