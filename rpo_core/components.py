@@ -61,8 +61,8 @@ class Components:
 
 def build_components(cfg: DictConfig) -> Components:
     output_dir = Path(cfg.trainer.output_dir)
-    _setup_logging(output_dir)
-    _seed_everything(cfg.seed)
+    setup_logging(output_dir)
+    seed_everything(cfg.seed)
     rank, world_size = init_distributed(cfg.learner.backend)
     console = Console(cfg.trainer.progress and rank == 0)
     if rank == 0:
@@ -128,13 +128,13 @@ def initial_responses(cfg, engine: RolloutEngine, problems: list[Problem]) -> li
             for p, g in zip(problems, gens)]
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def _setup_logging(output_dir: Path) -> None:
+def setup_logging(output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(output_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
