@@ -3,7 +3,8 @@
 FullRollout (RPO off): every sample is generated from the prompt.
 PartialRollout, RPO (arXiv 2601.19404): one cached response a per question (token ids + behaviour logprobs);
   m ~ U{min_truncate..min(L, |a|)},  prefix = a[:|a| - m],  G suffixes ~ pi(. | q, prefix)
-and after the optimizer step the cache entry becomes, epsilon-greedily, the group's best response or a random one.
+and after the optimizer step the cache entry becomes, epsilon-greedily, the group's best response or a random one
+(rpo.cache_update=static: it never changes, the authors' released code in effect).
 Token ids go from the cache into the engine unchanged: nothing is decoded and re-tokenized."""
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import torch
 
 from algorithms import core
 from cache import CacheEntry, TrajectoryCache, initialize_cache
+from cache.store import INIT_VERSION_STEP
 from rpo_core.common.types import Problem, RolloutBatch, RolloutPlan, Sample
 
 TRUNCATE_MODES = ("fixed", "half_length")
 SUFFIX_BUDGETS = ("truncated", "fixed")
 INIT_MODES = ("upfront", "lazy")
+CACHE_UPDATES = ("epsilon_greedy", "static")
 
 
 class FullRollout:
@@ -57,6 +60,7 @@ class PartialRollout:
 
     def __init__(self, cfg, cache: TrajectoryCache, max_new_tokens: int):
         self.cfg, self.cache, self.max_new_tokens = cfg, cache, max_new_tokens
+        self._hits = self._trained_hits = 0  # plans since the last metrics(): cache hits, and those of trained entries
 
     def initialize(self, problems: list[Problem], generate: Callable[[list[Problem]], list[Sample]],
                    batch_size: int, progress: bool, reward: Optional[Callable[[Problem, Sample], float]] = None) -> dict:
@@ -82,6 +86,8 @@ class PartialRollout:
             if entry is None:  # rpo.init=lazy and not generated yet: a full rollout from the prompt
                 plans.append(RolloutPlan(budget=self.max_new_tokens))
                 continue
+            self._hits += 1
+            self._trained_hits += entry.version_step != INIT_VERSION_STEP
             keep = len(entry.response_ids) - m_q
             room = self.max_new_tokens - keep  # the whole response stays within the generation limit
             wanted = m_q + self.cfg.suffix_slack if self.cfg.suffix_budget == "truncated" else self.max_new_tokens
@@ -98,8 +104,9 @@ class PartialRollout:
         return plans
 
     def update(self, batch: RolloutBatch, step: int, generator: torch.Generator) -> int:
-        """Epsilon-greedy cache update after an optimizer step; one atomic write for the whole batch."""
-        if batch.num_groups == 0:
+        """Epsilon-greedy cache update after an optimizer step; one atomic write for the whole batch.
+        rpo.cache_update=static writes nothing: the cache keeps its initial responses."""
+        if batch.num_groups == 0 or self.cfg.cache_update == "static":
             return 0
         rewards = torch.tensor(batch.rewards, dtype=torch.float64)
         number: dict[str, int] = {}  # a question drawn twice in one step (DAPO's extra rounds) is one cache entry
@@ -112,9 +119,15 @@ class PartialRollout:
         return len(entries)
 
     def metrics(self) -> dict:
-        """Share of cache entries holding a response with reward > 0 (correct, with binary or signed correctness): a
-        cache locking in wrong answers shows here."""
-        return {"cache_correct_share": self.cache.positive_reward_share()}
+        """cache_correct_share: share of cache entries holding a response with reward > 0 (correct, with binary or
+        signed correctness): a cache locking in wrong answers shows here. cache_trained_share: share of the cache hits
+        planned since the last call whose entry a training step's update wrote (not cache initialization): the cache
+        is read back (0 throughout with rpo.cache_update=static); absent when nothing hit the cache since."""
+        out = {"cache_correct_share": self.cache.positive_reward_share()}
+        if self._hits:
+            out["cache_trained_share"] = self._trained_hits / self._hits
+        self._hits = self._trained_hits = 0
+        return out
 
     def state(self) -> Optional[dict]:
         return self.cache.state()

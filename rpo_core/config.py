@@ -10,7 +10,7 @@ from omegaconf import DictConfig, ListConfig
 
 from algorithms import ALGORITHMS
 from algorithms.core import PREFIX_RATIOS, TRUNCATE_PER
-from algorithms.rpo import INIT_MODES, SUFFIX_BUDGETS, TRUNCATE_MODES
+from algorithms.rpo import CACHE_UPDATES, INIT_MODES, SUFFIX_BUDGETS, TRUNCATE_MODES
 from cache.store import SYNCHRONOUS_MODES
 from rewards import SCORERS, STYLES
 from rewards.shaping import LENGTH_UNITS
@@ -115,7 +115,10 @@ def validate_config(cfg: DictConfig) -> None:
         integer(cfg, "rpo.suffix_slack", 0)
         boolean(cfg, "rpo.prefix_in_loss")
         number(cfg, "rpo.epsilon", 0.0, 1.0)
-        choice(cfg, "rpo.init", INIT_MODES)
+        init = choice(cfg, "rpo.init", INIT_MODES)
+        if choice(cfg, "rpo.cache_update", CACHE_UPDATES) == "static" and init != "upfront":
+            raise ConfigError(f"rpo.cache_update=static keeps the responses of the cache initialization, which "
+                              f"rpo.init={init} does not run: use rpo.init=upfront")
         number(cfg, "rpo.init_temperature", 0.0, strict_low=True)
         integer(cfg, "cache.init_batch_size", 1)
         sync = get(cfg, "cache.synchronous")

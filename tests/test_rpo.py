@@ -18,7 +18,7 @@ EOS = 2
 def rpo_cfg(**over):
     base = dict(enabled=True, max_truncate=300, min_truncate=0, truncate_per="question", truncate_mode="fixed",
                 suffix_budget="truncated", suffix_slack=4, prefix_in_loss=True, prefix_ratio="one", epsilon=0.5,
-                init="upfront")
+                cache_update="epsilon_greedy", init="upfront")
     return OmegaConf.create({**base, **over})
 
 
@@ -66,6 +66,24 @@ def test_authors_defaults_never_make_dead_groups_and_share_one_m(tmp_path):
         assert all(p.budget > 0 and not p.finished_without_generation for p in (a, b, c, d))
         seen.add(a.truncated)
     assert seen == set(range(1, 9))
+
+
+def test_per_question_m_without_slack_is_the_authors_per_call_budget(tmp_path):
+    """truncate_per=question + suffix_slack=0, composed and validated as rpo-train does: every question draws its own m
+    and may generate exactly m new tokens (yhz5613813/RPO: one prompt per call, max_tokens = its randint(1, 300))."""
+    from conftest import compose
+    from rpo_core.config import validate_config
+
+    cfg = compose("rpo.enabled=true", "rpo.max_truncate=8", "rpo.truncate_per=question", "rpo.suffix_slack=0")
+    validate_config(cfg)
+    cache = make_cache(tmp_path, {u: (list(range(10, 30)) + [EOS], True) for u in "abcd"})
+    rollout = PartialRollout(cfg.rpo, cache, cfg.rollout.max_new_tokens)
+    distinct = 0
+    for seed in range(100):
+        plans = rollout.plan(problems(*"abcd"), torch.Generator().manual_seed(seed))
+        assert all(1 <= p.truncated <= 8 and p.budget == p.truncated for p in plans)
+        distinct += len({p.truncated for p in plans}) > 1
+    assert distinct > 90  # one m per batch would never differ between questions
 
 
 def test_half_length_mode_and_fixed_budget(tmp_path):
@@ -127,6 +145,70 @@ def test_a_question_drawn_twice_in_a_step_gets_one_entry_picked_from_all_its_sam
     assert rollout.update(batch, step=4, generator=torch.Generator().manual_seed(0)) == 2
     got = cache.get_many(["a", "b"])
     assert got["a"].response_ids == [21] and got["a"].reward == 1.0 and got["b"].response_ids == [10]
+
+
+def _drive(rollout: PartialRollout, steps: int) -> list:
+    """The loop's order for `steps` steps: plan, generate (here: 2 samples continuing each prefix, distinct rewards),
+    update, metrics. Returns each step's metrics."""
+    uids, seen = ("a", "b", "c"), []
+    for step in range(1, steps + 1):
+        plans = rollout.plan(problems(*uids), torch.Generator().manual_seed(step))
+        samples = [Sample(uid=u, prompt_ids=[1, 2], response_ids=list(p.prefix_ids) + [100 + step, 50 + i, EOS],
+                          behavior_logprobs=list(p.prefix_logprobs) + [-0.25] * 3, prefix_len=len(p.prefix_ids),
+                          policy_step=step - 1, prefix_policy_step=p.prefix_policy_step)
+                   for u, p in zip(uids, plans) for i in range(2)]
+        batch = RolloutBatch(samples, group_size=2, rewards=[0.0, 1.0, 1.0, 0.0, 0.5, 0.25])
+        rollout.update(batch, step, torch.Generator().manual_seed(100 + step))
+        seen.append(rollout.metrics())
+    return seen
+
+
+def _on_disk(path) -> tuple:
+    """Every stored row (all versions) and the checkpoint checksum, read through a fresh read-only handle."""
+    with TrajectoryCache(path, readonly=True) as ro:
+        return list(ro.iter_entries(all_versions=True)), ro.state()
+
+
+@pytest.mark.parametrize("cache_update", ["static", "epsilon_greedy"])
+def test_static_cache_keeps_the_initial_responses_and_epsilon_greedy_reads_back_its_own(tmp_path, cache_update):
+    """rpo.cache_update=static (the authors' released code in effect): after four steps of updates the store holds
+    exactly the initialization's rows and no plan reads a trained entry. epsilon_greedy (paper): every step rewrites
+    the entries, and from step 2 on every plan continues one written by training (cache_trained_share)."""
+    cache = make_cache(tmp_path, {u: (list(range(10, 30)) + [EOS], True) for u in "abc"})
+    rollout = PartialRollout(rpo_cfg(max_truncate=8, min_truncate=1, cache_update=cache_update), cache, 24)
+    initial = _on_disk(cache.path)
+    shares = [m["cache_trained_share"] for m in _drive(rollout, steps=4)]
+    after = _on_disk(cache.path)
+    if cache_update == "static":
+        assert after == initial and shares == [0.0] * 4
+    else:
+        assert after[1]["checksum"] != initial[1]["checksum"] and after[1]["version_step"] == 4
+        assert len(after[0]) == 3 * 5  # init + one row per question and step
+        assert shares == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_cache_trained_share_counts_the_plans_since_the_last_report(tmp_path):
+    """Half the questions hold a trained entry; a lazy miss is no hit; the count starts again after each report and a
+    step without plans (RAPID's later mini-batches) reports none."""
+    cache = make_cache(tmp_path, {u: ([10, 11, 12, EOS], True) for u in "ab"})
+    cache.put_many([CacheEntry("a", [1, 2], [20, 21, EOS], [-0.5] * 3, 1.0, 0, time.time())], version_step=1)
+    rollout = PartialRollout(rpo_cfg(max_truncate=2), cache, 16)
+    rollout.plan(problems("a", "b", "miss"), torch.Generator().manual_seed(0))
+    rollout.plan(problems("a"), torch.Generator().manual_seed(1))  # a second generation round of the same step (DAPO)
+    assert rollout.metrics()["cache_trained_share"] == pytest.approx(2 / 3)
+    assert "cache_trained_share" not in rollout.metrics()
+
+
+def test_static_cache_update_needs_the_upfront_initialization():
+    from conftest import compose
+    from rpo_core.config import ConfigError, validate_config
+
+    on = ["rpo.enabled=true", "rpo.max_truncate=8", "rpo.cache_update=static"]
+    validate_config(compose(*on))
+    with pytest.raises(ConfigError, match="rpo.cache_update=static keeps the responses of the cache initialization"):
+        validate_config(compose(*on, "rpo.init=lazy"))
+    with pytest.raises(ConfigError, match="rpo.cache_update='frozen' is not one of: epsilon_greedy, static"):
+        validate_config(compose("rpo.enabled=true", "rpo.max_truncate=8", "rpo.cache_update=frozen"))
 
 
 @pytest.fixture(scope="module")
