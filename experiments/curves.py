@@ -1,21 +1,23 @@
-"""Accuracy over wall-clock time, as the RPO paper reads its runs: time to reach a target accuracy, accuracy at
-equal wall time and time per step by phase (its Table 3), each comparison with a 95% bootstrap interval over seeds.
+"""Accuracy over wall-clock time, as the RPO paper reads its runs: time per step by phase (its Table 3), and each
+method against its reference over seed pairs (experiments/stats.py): final accuracy, accuracy at a common wall time T,
+mean accuracy up to T and time to targets fixed before the runs.
 
-Time axis: cumulative step time without held-out evaluation; RPO runs start at their cache-initialization time
-("with init") or at 0 ("without init", as the paper plots). The target accuracy is the baseline's final accuracy
-(mean over its seeds). Intervals resample each method's seeds with replacement, independently (10,000 draws);
-with 3 seeds they are coarse, and an interval that contains no difference (0 for a difference, 1 for a ratio) is
-reported as such.
+Time axis: train_wall_s, the run's wall clock without evaluation, from eval.jsonl (`rpo-eval`, greedy and sampled
+accuracy per checkpoint) when the run has one; otherwise the in-run greedy evaluations in metrics.jsonl, at
+train_wall_s or, in runs logged before it, cumulative step time without evaluation plus RPO's cache init. The
+starting model (step 0) sits at 0 s in every run.
 """
 from __future__ import annotations
 
 import math
-import random
 import statistics
-from typing import Callable, Optional
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from experiments.stats import (Curve, accuracy_at, first_trained_eval, hosts_note, mean_accuracy_to, paired,
+                               spans_hosts, time_to_target)
 
 PHASES = ("time_rollout", "time_reward", "time_train", "time_sync", "time_cache", "time_eval")
-Curve = list[tuple[float, float]]  # (seconds, accuracy) at each evaluation
 
 
 def step_seconds(record: dict) -> float:
@@ -35,67 +37,6 @@ def accuracy_curve(metrics: list[dict], with_init: bool) -> Curve:
     return curve
 
 
-def time_to_accuracy(curve: Curve, target: float) -> float:
-    """Seconds until the first evaluation with accuracy >= target; inf when the run never reached it."""
-    return next((t for t, acc in curve if acc >= target - 1e-9), math.inf)
-
-
-def accuracy_at(curve: Curve, seconds: float) -> Optional[float]:
-    """Accuracy of the last evaluation at or before `seconds` (None before the first)."""
-    seen = [acc for t, acc in curve if t <= seconds + 1e-9]
-    return seen[-1] if seen else None
-
-
-def mean_ratio(a: list[float], b: list[float]) -> float:
-    """mean(a) / mean(b)."""
-    return statistics.fmean(a) / statistics.fmean(b)
-
-
-def mean_diff(a: list[float], b: list[float]) -> float:
-    """mean(a) - mean(b)."""
-    return statistics.fmean(a) - statistics.fmean(b)
-
-
-def bootstrap_ci(a: list[float], b: list[float], stat: Callable[[list[float], list[float]], float],
-                 draws: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of stat(a*, b*), a* and b* drawn from a and b with replacement (seeds, independently)."""
-    rng = random.Random(seed)
-    drawn = (stat(rng.choices(a, k=len(a)), rng.choices(b, k=len(b))) for _ in range(draws))
-    values = sorted(v for v in drawn if not math.isnan(v))  # nan: undefined draw (e.g. neither side reached)
-    if not values:
-        return math.nan, math.nan
-    lo = values[int((1 - level) / 2 * len(values))]
-    hi = values[min(len(values) - 1, int((1 + level) / 2 * len(values)))]
-    return lo, hi
-
-
-def compare(a: list[float], b: list[float], stat: Callable, null: float) -> dict:
-    """Point value, 95% interval and whether the interval excludes `null` (no difference); no interval from one seed."""
-    if not a or not b:
-        return {"value": None, "ci": None, "excludes_null": None, "n": (len(a), len(b))}
-    value = stat(a, b)
-    if min(len(a), len(b)) < 2 or math.isnan(value):  # one seed, or undefined (time_ratio: not every seed reached)
-        return {"value": value, "ci": None, "excludes_null": None, "n": (len(a), len(b))}
-    lo, hi = bootstrap_ci(a, b, stat)
-    excludes = None if math.isnan(lo) else not (lo <= null <= hi)
-    return {"value": value, "ci": (lo, hi), "excludes_null": excludes, "n": (len(a), len(b))}
-
-
-def time_ratio(a: list[float], b: list[float]) -> float:
-    """mean(a) / mean(b) of times to target, nan unless every seed of both reached it (inf = never reached: a mean
-    over such seeds is not a time, and inf / t or t / inf would read as "never" or "instantly")."""
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    return ma / mb if math.isfinite(ma) and math.isfinite(mb) and mb > 0 else math.nan
-
-
-def method_curves(runs: list[list[dict]], with_init: bool = True) -> list[Curve]:
-    return [accuracy_curve(m, with_init) for m in runs]
-
-
-def final_accuracy(curves: list[Curve]) -> list[float]:
-    return [c[-1][1] for c in curves if c]
-
-
 def tokens_per_sample(metrics: list[dict]) -> Optional[float]:
     values = [r["rollout_tokens_per_sample"] for r in metrics
               if r["step"] >= 1 and r.get("rollout_tokens_per_sample") is not None]
@@ -113,71 +54,153 @@ def phase_row(runs: list[list[dict]]) -> dict:
     return row
 
 
-def analyze(methods: dict[str, list[list[dict]]], baseline: str) -> dict:
-    """Headline comparisons of every method with the baseline, and of each X+RPO with X.
 
-    methods: label -> the metrics records of each of its ok runs (one list per seed)."""
-    out = {"baseline": baseline, "phases": {m: phase_row(runs) for m, runs in methods.items()},
-           "target": None, "methods": {}, "comparisons": []}
-    if baseline not in methods:
-        return out
-    curves = {label: method_curves(runs) for label, runs in methods.items()}
-    base_final = final_accuracy(curves[baseline])
-    target = statistics.fmean(base_final) if base_final else None
-    out["target"] = target
-    for label, runs in methods.items():
-        out["methods"][label] = {
-            "final_acc": final_accuracy(curves[label]),
-            "time_to_target_s": [time_to_accuracy(c, target) for c in curves[label]] if target is not None else [],
-            "end_time_s": [c[-1][0] for c in curves[label] if c],
-            "tokens_per_sample": [x for x in (tokens_per_sample(m) for m in runs) if x is not None],
-        }
-    pairs = [(m, baseline) for m in methods if m != baseline]
+# ------------------------------------------------------------------------------------------------ one run's curves
+@dataclass
+class RunCurves:
+    """What the paired analysis reads of one ok run."""
+
+    seed: object
+    host: Optional[str]  # CPU model (metrics step 0 or eval.jsonl host_cpu); None when not recorded
+    source: str  # "rpo-eval" (eval.jsonl) or "in-run" (metrics.jsonl accuracy)
+    greedy: Curve
+    sampled: Optional[Curve]  # pass@1 over k samples; only rpo-eval measures it
+    metrics: list[dict]
+
+
+def inrun_curve(metrics: list[dict]) -> Curve:
+    """(train_wall_s, greedy accuracy) of the in-run evaluations, the starting model at 0 s; runs logged before
+    train_wall_s existed: cumulative step time without evaluation, plus RPO's cache init."""
+    step0 = next((r for r in metrics if r["step"] == 0), {})
+    later = [r for r in metrics if r["step"] >= 1]
+    if later and all(r.get("train_wall_s") is not None for r in later):
+        points = [(r["train_wall_s"], r["accuracy"]) for r in later if r.get("accuracy") is not None]
+    else:
+        points = accuracy_curve(metrics, with_init=True)[1 if step0.get("accuracy") is not None else 0:]
+    return ([(0.0, step0["accuracy"])] if step0.get("accuracy") is not None else []) + points
+
+
+def eval_curves(evals: list[dict]) -> tuple[Curve, Curve]:
+    """(train_wall_s, greedy_accuracy) and (train_wall_s, sampled_accuracy) of eval.jsonl, by step."""
+    rows = sorted(evals, key=lambda r: r["step"])
+    greedy = [(r["train_wall_s"], r["greedy_accuracy"]) for r in rows if r.get("greedy_accuracy") is not None]
+    sampled = [(r["train_wall_s"], r["sampled_accuracy"]) for r in rows if r.get("sampled_accuracy") is not None]
+    return greedy, sampled
+
+
+def run_host(metrics: list[dict], evals: list[dict]) -> Optional[str]:
+    """The CPU model the run trained on: metrics step 0's host_cpu, else that of the earliest evaluated checkpoint."""
+    step0 = next((r for r in metrics if r["step"] == 0), {})
+    return step0.get("host_cpu") or next((r["host_cpu"] for r in sorted(evals, key=lambda r: r["step"])
+                                          if r.get("host_cpu")), None)
+
+
+def run_curves(seed, metrics: list[dict], evals: list[dict]) -> RunCurves:
+    host = run_host(metrics, evals)
+    if evals:
+        greedy, sampled = eval_curves(evals)
+        return RunCurves(seed, host, "rpo-eval", greedy, sampled or None, metrics)
+    return RunCurves(seed, host, "in-run", inrun_curve(metrics), None, metrics)
+
+
+# ------------------------------------------------------------------------------------------------ comparisons
+def analyze(methods: dict[str, list[RunCurves]], baseline: str, targets: tuple[float, ...] = (),
+            wall_time: Optional[float] = None) -> dict:
+    """Table 3 (phases) and every method against the baseline, and each X+RPO against X, over seed pairs.
+
+    methods: label -> its ok runs. targets: accuracies fixed before the runs. wall_time: the common T (default: per
+    comparison, the end of the shortest of the two methods' curves)."""
+    runs = [r for rs in methods.values() for r in rs]
+    out = {"baseline": baseline, "phases": {m: phase_row([r.metrics for r in rs]) for m, rs in methods.items()},
+           "targets": list(targets), "wall_time": wall_time, "sources": sorted({r.source for r in runs}),
+           "hosts_note": hosts_note([r.host for r in runs]) if runs else None, "comparisons": []}
+    pairs = [(m, baseline) for m in methods if m != baseline and baseline in methods]
     pairs += [(m, m.replace("+RPO", "")) for m in methods
               if "+RPO" in m and m.replace("+RPO", "") in methods and m.replace("+RPO", "") != baseline]
     for label, ref in pairs:
-        out["comparisons"].append(compare_methods(label, ref, curves, out["methods"]))
+        out["comparisons"].append(compare_methods(label, ref, methods[label], methods[ref], targets, wall_time))
     return out
 
 
-def compare_methods(label: str, ref: str, curves: dict[str, list[Curve]], summary: dict) -> dict:
-    """label vs ref: tokens/sample ratio, time-to-target ratio, final and equal-time accuracy differences."""
-    a, b = summary[label], summary[ref]
-    curves_a, curves_b = curves[label], curves[ref]
-    horizon = min(a["end_time_s"] + b["end_time_s"]) if a["end_time_s"] and b["end_time_s"] else None
-    at_a = [x for x in (accuracy_at(c, horizon) for c in curves_a) if x is not None] if horizon else []
-    at_b = [x for x in (accuracy_at(c, horizon) for c in curves_b) if x is not None] if horizon else []
-    return {
-        "method": label, "reference": ref,
-        "tokens_ratio": compare(a["tokens_per_sample"], b["tokens_per_sample"], mean_ratio, 1.0),
-        "time_to_target_ratio": compare(a["time_to_target_s"], b["time_to_target_s"], time_ratio, 1.0),
-        "reached": (sum(math.isfinite(t) for t in a["time_to_target_s"]), len(a["time_to_target_s"])),
-        "ref_reached": (sum(math.isfinite(t) for t in b["time_to_target_s"]), len(b["time_to_target_s"])),
-        "final_acc_diff": compare(a["final_acc"], b["final_acc"], mean_diff, 0.0),
-        "equal_time_s": horizon,
-        "equal_time_acc_diff": compare(at_a, at_b, mean_diff, 0.0),
-    }
+def compare_methods(label: str, ref: str, a: list[RunCurves], b: list[RunCurves], targets: tuple[float, ...],
+                    wall_time: Optional[float]) -> dict:
+    """label vs ref over seed pairs: one row per quantity (greedy, and sampled where both have it)."""
+    ends = [r.greedy[-1][0] for r in a + b if r.greedy]
+    horizon = wall_time if wall_time is not None else (min(ends) if ends else None)
+    by_seed_a, by_seed_b = {r.seed: r for r in a}, {r.seed: r for r in b}
+    common = sorted(set(by_seed_a) & set(by_seed_b), key=str)
+    kinds = ["greedy"] + (["sampled"] if all(r.sampled for r in a + b) else [])
+    rows, notes = [], []
+    for kind in kinds:
+        curve_a = {r.seed: getattr(r, kind) for r in a}
+        curve_b = {r.seed: getattr(r, kind) for r in b}
+        rows.append(_row(f"{kind} accuracy, final", _each(curve_a, lambda c: c[-1][1] if c else None),
+                         _each(curve_b, lambda c: c[-1][1] if c else None)))
+        if horizon is not None:
+            late = [(m, s, first_trained_eval(c)) for m, cs in ((label, curve_a), (ref, curve_b))
+                    for s, c in cs.items() if first_trained_eval(c) is None or first_trained_eval(c) > horizon]
+            at = lambda c: None if first_trained_eval(c) is None or first_trained_eval(c) > horizon \
+                else accuracy_at(c, horizon)  # noqa: E731
+            rows.append(_row(f"{kind} accuracy at {horizon:.0f} s", _each(curve_a, at), _each(curve_b, at)))
+            rows.append(_row(f"{kind} mean accuracy over 0-{horizon:.0f} s",
+                             _each(curve_a, lambda c: mean_accuracy_to(c, horizon)),
+                             _each(curve_b, lambda c: mean_accuracy_to(c, horizon))))
+            notes += [f"{m} seed {s}: {'no evaluation after step 0' if t is None else f'first evaluation after step 0 at {t:.0f} s'}"
+                      f", after T = {horizon:.0f} s: left out of the {kind} accuracy at T (it would read the starting model)"
+                      for m, s, t in late]
+        for target in targets:
+            rows.append(_row(f"time to {kind} ≥ {target:g} (s)", _each(curve_a, lambda c: time_to_target(c, target)),
+                             _each(curve_b, lambda c: time_to_target(c, target)), reached=True))
+    flagged = [s for s in common if spans_hosts(by_seed_a[s].host, by_seed_b[s].host)]
+    if flagged and any(r.host for r in a + b):
+        notes.append(f"pairs spanning two hosts (seed {', '.join(map(str, flagged))}): their time differences mix "
+                     "machines")
+    mixed = sorted({r.source for r in a + b})
+    if len(mixed) > 1:
+        notes.append("the two methods' accuracies come from different evaluations (rpo-eval and in-run): not paired "
+                     "on the same problems")
+    return {"method": label, "reference": ref, "wall_time": horizon, "rows": rows, "notes": notes}
+
+
+def _each(curves: dict, f) -> dict:
+    return {s: f(c) for s, c in curves.items()}
+
+
+def _row(quantity: str, a: dict, b: dict, reached: bool = False) -> dict:
+    """Per-seed values of both methods, their means over the pairs and the paired difference (a - b) over them."""
+    p = paired(a, b)
+    row = {"quantity": quantity, "method": a, "reference": b, "paired": asdict(p),
+           "method_mean": statistics.fmean(a[s] for s in p.seeds) if p.n else None,
+           "reference_mean": statistics.fmean(b[s] for s in p.seeds) if p.n else None}
+    if reached:  # time to target: how many runs got there at all
+        row["reached"] = (sum(v is not None for v in a.values()), len(a), sum(v is not None for v in b.values()), len(b))
+    return row
 
 
 # ------------------------------------------------------------------------------------------------ markdown
 def _fmt(x: Optional[float], digits: int) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
-    return "∞" if math.isinf(x) else f"{x:.{digits}f}"
+    return f"{x:.{digits}f}"
 
 
-def fmt_compare(c: dict, digits: int = 2) -> str:
-    if c["value"] is None:
-        return "n/a"
-    if c["ci"] is None:
-        return f"{_fmt(c['value'], digits)} (n = {c['n'][0]} vs {c['n'][1]} seeds: no interval)"
-    lo, hi = c["ci"]
-    verdict = {True: "", False: " (interval includes no difference)", None: ""}[c["excludes_null"]]
-    return f"{_fmt(c['value'], digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]{verdict}"
+def fmt_paired(p: dict, digits: int) -> list[str]:
+    """Cells: mean difference, 95% paired t interval, sign count, n pairs."""
+    if not p["n"]:
+        return ["n/a", "n/a", "no pairs", "0"]
+    interval = "one pair: none" if p["half_width"] is None else \
+        f"[{p['mean'] - p['half_width']:+.{digits}f}, {p['mean'] + p['half_width']:+.{digits}f}]"
+    signs = f"lower in {p['lower']} of {p['n']}, higher in {p['higher']}"
+    return [f"{p['mean']:+.{digits}f}", interval, signs, str(p["n"])]
 
 
 def render(analysis: dict) -> list[str]:
-    """Markdown lines: Table 3 (phases), time to the baseline's final accuracy, and the headline comparisons."""
+    """Markdown lines: Table 3 (phases) and the paired comparisons."""
+    return render_phases(analysis) + render_paired(analysis)
+
+
+def render_phases(analysis: dict) -> list[str]:
+    """Markdown lines of Table 3: seconds per step by phase."""
     lines = ["## Table 3: time per optimizer step by phase (seconds, mean over runs and steps)", ""]
     header = ["method", "step (no eval)", *(p.removeprefix("time_") for p in PHASES[:-1]), "eval (held-out, not in step)",
               "cache init (once)"]
@@ -185,28 +208,43 @@ def render(analysis: dict) -> list[str]:
     for m, row in analysis["phases"].items():
         cells = [m, _fmt(row["step_s"], 1), *(_fmt(row[p], 1) for p in PHASES), _fmt(row["cache_init_s"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    if analysis["target"] is None:
-        return lines + [f"No ok run of the baseline `{analysis['baseline']}`: no time-to-accuracy.", ""]
-    lines += [f"## Time to the baseline's final accuracy ({analysis['target']:.3f}, mean of `{analysis['baseline']}`'s "
-              "seeds), including cache init", "",
-              "| method | time to target per seed (s) | final accuracy per seed | tokens/sample per seed |",
-              "|---|---|---|---|"]
-    for m, s in analysis["methods"].items():
-        times = ", ".join("not reached" if math.isinf(t) else f"{t:.0f}" for t in s["time_to_target_s"])
-        lines.append(f"| {m} | {times} | {', '.join(f'{x:.3f}' for x in s['final_acc'])} | "
-                     f"{', '.join(f'{x:.1f}' for x in s['tokens_per_sample'])} |")
-    lines += ["", "## Headline comparisons (value [95% bootstrap interval over seeds])", "",
-              "| method vs reference | tokens/sample ratio | time-to-target ratio (reached) | final accuracy diff | "
-              "accuracy diff at equal wall time |", "|---|---|---|---|---|"]
+    return lines + [""]
+
+
+def render_paired(analysis: dict) -> list[str]:
+    """Markdown lines of the paired comparisons, with what they read and their flags."""
+    if not analysis["comparisons"]:
+        return [f"No ok run of the baseline `{analysis['baseline']}`: no paired comparison.", ""]
+    lines = ["## Paired comparisons over seeds (same seed = one pair; difference = method − reference)", "",
+              "| method vs reference | quantity | method (mean over the pairs) | reference (mean over the pairs) | "
+              "mean difference | "
+              "95% paired t interval | pairs | n |", "|---|---|---|---|---|---|---|---|"]
     for c in analysis["comparisons"]:
-        reached = f" ({c['reached'][0]}/{c['reached'][1]} vs {c['ref_reached'][0]}/{c['ref_reached'][1]})"
-        ratio = c["time_to_target_ratio"]
-        ratio_text = "undefined: not every seed reached" if ratio["value"] is not None and math.isnan(ratio["value"]) \
-            else fmt_compare(ratio)
-        lines.append(f"| {c['method']} vs {c['reference']} | {fmt_compare(c['tokens_ratio'])} | "
-                     f"{ratio_text}{reached} | {fmt_compare(c['final_acc_diff'], 3)} | "
-                     f"{fmt_compare(c['equal_time_acc_diff'], 3)} at {_fmt(c['equal_time_s'], 0)} s |")
-    lines += ["", "Equal wall time: the shorter of the two methods' runs (including cache init); each run's accuracy "
-              "is its last evaluation at or before it.", ""]
+        for row in c["rows"]:
+            time_row = "reached" in row
+            digits = 0 if time_row else 3
+            mine, theirs = _fmt(row["method_mean"], digits), _fmt(row["reference_mean"], digits)
+            if time_row:
+                k, n, kr, nr = row["reached"]
+                mine, theirs = f"{mine} (reached in {k}/{n} runs)", f"{theirs} (reached in {kr}/{nr} runs)"
+            lines.append(f"| {c['method']} vs {c['reference']} | {row['quantity']} | {mine} | {theirs} | "
+                         + " | ".join(fmt_paired(row["paired"], digits)) + " |")
+    lines += [""]
+    if not analysis["targets"]:
+        lines += ["No targets given (`--targets`): no time to target. Fix targets before the runs; a target read off "
+                  "the same runs' finals is reached by about half of them by construction.", ""]
+    lines += ["Accuracy is " + " and ".join({"rpo-eval": "rpo-eval's (eval.jsonl)",
+                                              "in-run": "the in-run greedy evaluation's (metrics.jsonl)"}[s]
+                                             for s in analysis["sources"]) + ". "
+              "T: the end of the shorter of the two methods' runs unless `--wall-time` is given; the accuracy at T is "
+              "a run's last evaluation at or before T, the mean accuracy the trapezoid area under its curve from "
+              "0 s (the starting model) to T, divided by T. Time to a target is the first evaluation at or above it "
+              "(never an interpolated crossing); its difference is over the pairs where both runs reached it. "
+              "The interval is mean ± t_{0.975, n−1} · sd / √n over the per-seed differences; with 2-3 pairs it is "
+              "wide. A percentile bootstrap over 3 seeds is not an interval and is not used.", ""]
+    if analysis["hosts_note"]:
+        lines += [analysis["hosts_note"], ""]
+    notes = [f"- {c['method']} vs {c['reference']}: {n}" for c in analysis["comparisons"] for n in c["notes"]]
+    if notes:
+        lines += ["Flags:", "", *notes, ""]
     return lines

@@ -3,13 +3,15 @@
     rpo-report multirun/2026-11-22/10-00-00                   # writes report.md, report.json and PNGs there
     rpo-report SWEEP_DIR --out results/ --baseline grpo+LA
     rpo-report SWEEP_DIR --out experiments/results/NAME --copy-runs   # plus every run's config, overrides, metrics
+    rpo-report SWEEP_DIR --targets 0.40 0.45 --wall-time 600          # targets and T fixed before the runs
 
 Every directory under SWEEP_DIR holding config.yaml, metrics.jsonl or error.txt is one run. A run is "ok" when it
 has no error.txt and its metrics reach trainer.total_steps with an accuracy before and after training; any other
-run is a FAILED row with its reason (never dropped). Method rows aggregate the ok runs over seeds.
+run is a FAILED row with its reason (never dropped). Method rows aggregate the ok runs over seeds. A run's
+eval.jsonl (`rpo-eval`, off the clock) supplies its accuracies when present, else its in-run evaluations do.
 
 Definitions (per run; a method row shows mean +- sample std over its ok runs):
-  acc before / after   greedy held-out accuracy at step 0 / at the last step
+  acc before / after   greedy held-out accuracy at step 0 / at the last step (eval.jsonl's when it has both)
   gen tokens/sample    mean over generating steps of rollout_tokens_per_sample (RPO: regenerated suffix tokens only)
   rollout s/step       sum of time_rollout / optimizer steps (RAPID generates once per H steps: cost spread over H)
   train time           sum of time_step - time_eval over steps >= 1 (excludes evaluation, start-up and cache init)
@@ -17,7 +19,8 @@ Definitions (per run; a method row shows mean +- sample std over its ok runs):
   total time           train time + cache init
 Ratios divide a method's mean by the baseline's mean in the same setting; "(worse)" marks a ratio > 1 or a lower
 accuracy. "?" in a table means a value the run did not record; "-" means not applicable.
-Time to accuracy, accuracy at equal wall time, the phase table and bootstrap intervals: experiments/curves.py.
+The phase table and the paired comparisons over seeds (time to target, accuracy at a common wall time T, mean
+accuracy up to T): experiments/curves.py and experiments/stats.py.
 """
 from __future__ import annotations
 
@@ -36,12 +39,15 @@ from typing import Callable
 
 import yaml
 
-from experiments.curves import accuracy_curve, analyze, step_seconds, tokens_per_sample
+from experiments.curves import RunCurves, accuracy_curve, analyze, run_curves, run_host, step_seconds, tokens_per_sample
 from experiments.curves import render as render_curves
+from experiments.curves import render_paired
+from experiments.stats import hosts_note
 
 log = logging.getLogger("rpo-report")
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "error.txt")
+EVAL_FILE = "eval.jsonl"  # rpo-eval's accuracy per checkpoint (optional)
 ALGORITHM_ORDER = ("grpo", "dr_grpo", "dapo", "rapid")
 METHOD_KEYS = {"algorithm", "algorithm.name", "rpo.enabled", "reward.length_aware.enabled"}  # make the label
 METHOD_GROUPS = ("algorithm", "rpo", "reward")  # other overrides under these are method hyperparameters
@@ -66,6 +72,7 @@ class Run:
     metrics: list[dict]  # metrics.jsonl records sorted by step
     error: str | None  # error.txt text
     notes: list[str] = field(default_factory=list)  # anything skipped or odd while reading
+    evals: list[dict] = field(default_factory=list)  # eval.jsonl records sorted by step ([] when absent)
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -97,7 +104,8 @@ def load_run(path: Path) -> Run:
         overrides = None
     error = (path / "error.txt").read_text(errors="replace") if (path / "error.txt").is_file() else None
     return Run(path=path, config=config if isinstance(config, dict) else {}, overrides=overrides,
-               metrics=read_metrics(path / "metrics.jsonl", notes), error=error, notes=notes)
+               metrics=read_metrics(path / "metrics.jsonl", notes), error=error, notes=notes,
+               evals=read_metrics(path / EVAL_FILE, notes, required=EVAL_KEYS))
 
 
 def _read_yaml(path: Path, notes: list[str]):
@@ -111,8 +119,12 @@ def _read_yaml(path: Path, notes: list[str]):
         return None
 
 
-def read_metrics(path: Path, notes: list[str]) -> list[dict]:
-    """metrics.jsonl records by step; unparsable lines (e.g. a line cut by a kill) are counted and skipped."""
+EVAL_KEYS = ("train_wall_s", "greedy_accuracy")  # an eval.jsonl row without them has no place on the time axis
+
+
+def read_metrics(path: Path, notes: list[str], required: tuple[str, ...] = ()) -> list[dict]:
+    """metrics.jsonl (or eval.jsonl) records by step; unparsable lines (e.g. a line cut by a kill) and records
+    missing a required key are counted and skipped."""
     if not path.is_file():
         return []
     by_step: dict[int, dict] = {}
@@ -123,16 +135,18 @@ def read_metrics(path: Path, notes: list[str]) -> list[dict]:
         try:
             record = json.loads(line)
             step = int(record["step"])
+            if any(not isinstance(record.get(k), (int, float)) for k in required):
+                raise ValueError(f"missing one of {required}")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             bad += 1
             continue
         duplicates += step in by_step
         by_step[step] = record  # the later line of a repeated step wins (what a resumed run re-logged)
     if bad:
-        notes.append(f"{bad} unreadable metrics.jsonl line(s) skipped")
+        notes.append(f"{bad} unreadable {path.name} line(s) skipped")
         log.warning("%s: %d unreadable line(s) skipped", path, bad)
     if duplicates:
-        notes.append(f"{duplicates} repeated step(s) in metrics.jsonl: the last line of each kept")
+        notes.append(f"{duplicates} repeated step(s) in {path.name}: the last line of each kept")
         log.warning("%s: %d repeated step(s)", path, duplicates)
     return [by_step[s] for s in sorted(by_step)]
 
@@ -203,10 +217,14 @@ def summarize_run(run: Run) -> dict:
     cache_init = step0.get("cache_init_seconds")
     if rpo and cache_init is None and dig(run.config, "rpo.init") == "lazy":
         cache_init = 0.0  # lazy init generates full rollouts inside the training steps: no separate cost
+    evals = {r["step"]: r["greedy_accuracy"] for r in run.evals}
+    from_eval = 0 in evals and bool(steps) and last["step"] in evals
     s = {
         "steps": len(steps),
-        "acc_before": step0.get("accuracy"),
-        "acc_after": last.get("accuracy"),
+        "acc_before": evals[0] if from_eval else step0.get("accuracy"),
+        "acc_after": evals[last["step"]] if from_eval else last.get("accuracy"),
+        "acc_source": "rpo-eval" if from_eval else "in-run",
+        "host": run_host(run.metrics, run.evals),
         "tokens_per_sample": tokens_per_sample(run.metrics),
         "rollout_s_per_step": sum(r.get("time_rollout") or 0.0 for r in steps) / len(steps) if steps else None,
         "train_time_s": sum(step_times) if steps and None not in step_times else None,
@@ -401,7 +419,7 @@ METHOD_HEADER = ["method", "runs ok/total", "acc before", "acc after", "gen toke
                  "train time s", "cache init s", "total time s (incl. cache init)", "tokens/sample vs base",
                  "rollout time vs base", "train time vs base", "total time vs base", "acc after − base"]
 RUN_HEADER = ["method", "seed", "status", "acc before", "acc after", "gen tokens/sample", "rollout s/step",
-              "train time s", "cache init s", "command", "path"]
+              "train time s", "cache init s", "command", "path", "accuracy from", "host CPU"]
 
 
 def method_table(methods: list[dict]) -> str:
@@ -446,7 +464,8 @@ def run_table(rows: list[dict]) -> str:
         seed = "?" if r["seed"] is None else str(r["seed"])
         table.append([r["method"], seed, status, fmt(r["acc_before"]), fmt(r["acc_after"]),
                       fmt(r["tokens_per_sample"], 1), fmt(r["rollout_s_per_step"], 2), fmt(r["train_time_s"], 1),
-                      fmt(r["cache_init_s"], 1) if rpo else "-", f"`{r['command']}`", f"`{r['path']}`"])
+                      fmt(r["cache_init_s"], 1) if rpo else "-", f"`{r['command']}`", f"`{r['path']}`",
+                      r["acc_source"], r["host"] or "not recorded"])
     return md_table(RUN_HEADER, table)
 
 
@@ -470,6 +489,8 @@ def render_markdown(report: dict) -> str:
     for setting in settings:
         ms = [m for m in methods if m["setting"] == setting]
         out += [f"## Table 1: methods{f' (setting: `{setting}`)' if setting else ''}", "", method_table(ms), ""]
+        hosts = hosts_note([r["host"] for r in rows if r["setting"] == setting and r["status"] == "ok"])
+        out += [hosts, ""] if hosts else []
         if not any(m["baseline"] for m in ms):
             out += [f"No ok run of the baseline `{report['baseline']}` in this setting: ratios are n/a.", ""]
         worse = worse_lines(ms)
@@ -482,6 +503,8 @@ def render_markdown(report: dict) -> str:
             out += [f"### Setting: `{setting}`", ""]
         out += render_curves(analysis)
     out += ["## Runs", "", run_table(rows), ""]
+    hosts = hosts_note([r["host"] for r in rows])
+    out += [hosts, ""] if hosts else []
     notes = [f"- `{r['path']}`: {n}" for r in rows for n in r["notes"]]
     if notes:
         out += ["Notes while reading the runs:", "", *notes, ""]
@@ -642,14 +665,41 @@ def plot_accuracy_vs_time_mean(ok: list[tuple[str, Run]], colors: dict[str, str]
     _accuracy_time_figure(path, "Accuracy vs wall-clock time (mean over seeds, band = min-max)", draw)
 
 
+def plot_accuracy_vs_train_wall(ok: list[tuple[str, Run]], colors: dict[str, str], path: Path) -> None:
+    """rpo-eval's greedy and sampled accuracy against train_wall_s: thin lines per run, thick per method mean (mean
+    accuracy and mean train_wall_s at the checkpoints every run of the method evaluated)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, key in zip(axes, ("greedy_accuracy", "sampled_accuracy")):
+        for label in colors:
+            runs = [run for lab, run in ok if lab == label and run.evals]
+            per_run = [{r["step"]: (r["train_wall_s"], r[key]) for r in run.evals if r.get(key) is not None}
+                       for run in runs]
+            for pts in filter(None, per_run):
+                ax.plot(*zip(*sorted(pts.values())), color=colors[label], alpha=0.3, lw=0.8)
+            steps = sorted(set.intersection(*(set(p) for p in per_run))) if per_run else []
+            if steps:
+                xs = [statistics.fmean(p[s][0] for p in per_run) for s in steps]
+                ys = [statistics.fmean(p[s][1] for p in per_run) for s in steps]
+                ax.plot(xs, ys, marker="o", ms=3, lw=2, color=colors[label], label=f"{label} (n={len(per_run)})")
+        ax.set_xlabel("train_wall_s (wall clock without evaluation)")
+        ax.set_title(key.replace("_", " ") + (" (pass@1 over k samples)" if key.startswith("sampled") else ""))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out accuracy (rpo-eval)")
+    _legend(fig, axes[0])
+    fig.suptitle("Accuracy vs training wall time (thin: runs, thick: method mean)")
+    _save(fig, path)
+
+
 PLOTS = {"accuracy_vs_time.png": plot_accuracy_vs_time, "accuracy_vs_time_mean.png": plot_accuracy_vs_time_mean,
          "reward_vs_step.png": plot_reward_vs_step, "tokens_per_step.png": plot_tokens_per_step}
+EVAL_PLOTS = {"accuracy_vs_train_wall.png": plot_accuracy_vs_train_wall}  # drawn when some run has an eval.jsonl
 
 
 # =====================================================================================================================
 # entry point
 # =====================================================================================================================
-RUN_RECORD = RUN_FILES + (".hydra/overrides.yaml",)  # what --copy-runs keeps of a run (never checkpoints/caches)
+RUN_RECORD = RUN_FILES + (EVAL_FILE, ".hydra/overrides.yaml",)  # what --copy-runs keeps of a run (never checkpoints/caches)
 
 
 def copy_runs(runs: list[Run], sweep_dir: Path, out_dir: Path) -> None:
@@ -666,9 +716,9 @@ def copy_runs(runs: list[Run], sweep_dir: Path, out_dir: Path) -> None:
 
 
 def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command: str = "",
-                 keep_runs: bool = False) -> dict:
+                 keep_runs: bool = False, targets: tuple[float, ...] = (), wall_time: float | None = None) -> dict:
     """Read every run under sweep_dir, write report.md, report.json and the PNG plots into out_dir (with keep_runs,
-    also every run's record: copy_runs)."""
+    also every run's record: copy_runs). targets and wall_time: see curves.analyze."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory {sweep_dir} does not exist")
@@ -680,16 +730,17 @@ def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command
     methods = method_rows(rows, baseline)
     command = command or f"rpo-report {shlex.quote(str(sweep_dir))} --baseline {shlex.quote(baseline)}"
     by_path = {str(r.path): r for r in runs}
+    ok = [(_plot_label(r, len({m["setting"] for m in methods}) > 1), by_path[r["path"]])
+          for r in rows if r["status"] == "ok"]
+    plots = {**PLOTS, **(EVAL_PLOTS if any(run.evals for _, run in ok) else {})}
     report = {"sweep_dir": str(sweep_dir), "baseline": baseline, "report_command": command,
               "common_overrides": sorted(common_overrides(runs)),
               "runs": rows, "methods": methods, "rapid": rapid_comparisons(methods),
-              "curves": curve_analyses(rows, by_path, baseline), "plots": list(PLOTS)}
+              "curves": curve_analyses(rows, by_path, baseline, targets, wall_time), "plots": list(plots)}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    ok = [(_plot_label(r, len({m["setting"] for m in methods}) > 1), by_path[r["path"]])
-          for r in rows if r["status"] == "ok"]
     colors = _colors(list(dict.fromkeys(label for label, _ in ok)))
-    for name, plot in PLOTS.items():
+    for name, plot in plots.items():
         plot(ok, colors, out_dir / name)
     if keep_runs:
         copy_runs(runs, sweep_dir, out_dir)
@@ -698,15 +749,17 @@ def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command
     return report
 
 
-def curve_analyses(rows: list[dict], by_path: dict[str, Run], baseline: str) -> dict[str, dict]:
+def curve_analyses(rows: list[dict], by_path: dict[str, Run], baseline: str, targets: tuple[float, ...] = (),
+                   wall_time: float | None = None) -> dict[str, dict]:
     """curves.analyze per setting, over the ok runs of each method."""
     out = {}
     for setting in sorted({r["setting"] for r in rows}):
-        methods: dict[str, list[list[dict]]] = {}
+        methods: dict[str, list[RunCurves]] = {}
         for r in rows:
             if r["setting"] == setting and r["status"] == "ok":
-                methods.setdefault(r["method"], []).append(by_path[r["path"]].metrics)
-        out[setting] = analyze(methods, baseline)
+                run = by_path[r["path"]]
+                methods.setdefault(r["method"], []).append(run_curves(r["seed"], run.metrics, run.evals))
+        out[setting] = analyze(methods, baseline, targets, wall_time)
     return out
 
 
@@ -720,19 +773,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="where to write the report (default: SWEEP_DIR)")
     p.add_argument("--baseline", default="grpo", help="method label the ratios divide by (default: grpo)")
     p.add_argument("--copy-runs", action="store_true",
-                   help="also copy each run's config.yaml, .hydra/overrides.yaml and metrics.jsonl into OUT/runs/")
+                   help="also copy each run's config.yaml, .hydra/overrides.yaml, metrics.jsonl and eval.jsonl into OUT/runs/")
+    p.add_argument("--targets", type=float, nargs="+", default=[],
+                   help="accuracies for time to target, fixed before the runs (e.g. --targets 0.40 0.45)")
+    p.add_argument("--plateau", type=float, default=None,
+                   help="the base method's plateau accuracy, fixed before the runs; with --target-fractions")
+    p.add_argument("--target-fractions", type=float, nargs="+", default=[],
+                   help="targets as fractions of --plateau (e.g. --plateau 0.55 --target-fractions 0.9 0.95)")
+    p.add_argument("--wall-time", type=float, default=None,
+                   help="the common wall time T (train_wall_s) for accuracy at T and mean accuracy up to T "
+                        "(default: per comparison, the end of the shorter method's runs)")
     args = p.parse_args(argv)
+    if bool(args.target_fractions) != (args.plateau is not None):
+        p.error("--plateau and --target-fractions go together")
+    if args.wall_time is not None and args.wall_time <= 0:
+        p.error("--wall-time must be > 0 seconds")
+    targets = tuple(args.targets) + tuple(round(args.plateau * f, 6) for f in args.target_fractions)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or args.sweep_dir
     command = " ".join(["rpo-report", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     try:
-        report = build_report(args.sweep_dir, out, args.baseline, command, keep_runs=args.copy_runs)
+        report = build_report(args.sweep_dir, out, args.baseline, command, keep_runs=args.copy_runs,
+                              targets=targets, wall_time=args.wall_time)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     n_failed = sum(r["status"] != "ok" for r in report["runs"])
+    for setting, analysis in report["curves"].items():
+        print("\n".join(([f"Setting: {setting}", ""] if setting else []) + render_paired(analysis)))
     print(f"{len(report['runs'])} runs ({n_failed} failed) -> {out / 'report.md'}, {out / 'report.json'}, "
-          + ", ".join(str(out / name) for name in PLOTS))
+          + ", ".join(str(out / name) for name in report["plots"]))
 
 
 if __name__ == "__main__":

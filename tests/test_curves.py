@@ -1,10 +1,11 @@
-"""experiments/curves.py: the time axis, time to target, accuracy at equal time and bootstrap intervals, by hand."""
+"""experiments/curves.py: the time axis, the curves a run gives and the paired comparisons, by hand."""
 from __future__ import annotations
 
 import math
+import statistics
 
-from experiments.curves import (accuracy_at, accuracy_curve, analyze, bootstrap_ci, compare, mean_diff, mean_ratio,
-                                phase_row, render, time_ratio, time_to_accuracy)
+from experiments.curves import (accuracy_curve, analyze, eval_curves, inrun_curve, phase_row, render, run_curves,
+                                run_host)
 
 
 def run(init: float | None, accs: dict[int, float], step_s: float = 5.0, eval_s: float = 1.0) -> list[dict]:
@@ -24,50 +25,82 @@ def test_curve_counts_step_time_without_eval_and_starts_at_cache_init():
     assert accuracy_curve(metrics, with_init=False) == [(0.0, 0.2), (10.0, 0.5), (20.0, 0.7)]
 
 
-def test_time_to_accuracy_and_accuracy_at():
-    curve = [(0.0, 0.2), (10.0, 0.5), (20.0, 0.4), (30.0, 0.7)]
-    assert time_to_accuracy(curve, 0.5) == 10.0  # the first time, though it falls back later
-    assert time_to_accuracy(curve, 0.8) == math.inf
-    assert accuracy_at(curve, 9.9) == 0.2 and accuracy_at(curve, 10.0) == 0.5 and accuracy_at(curve, 29.0) == 0.4
-    assert accuracy_at([(5.0, 0.1)], 4.0) is None
+def test_inrun_curve_puts_the_starting_model_at_0_s():
+    # old logs (no train_wall_s): cumulative step time without eval, plus the cache init, after step 0
+    assert inrun_curve(run(10.0, {0: 0.2, 2: 0.5, 4: 0.7})) == [(0.0, 0.2), (20.0, 0.5), (30.0, 0.7)]
+    logged = [{"step": 0, "accuracy": 0.2}, {"step": 1, "train_wall_s": 40.0},
+              {"step": 2, "train_wall_s": 70.0, "accuracy": 0.3}]
+    assert inrun_curve(logged) == [(0.0, 0.2), (70.0, 0.3)]  # train_wall_s as logged
 
 
-def test_bootstrap_interval_and_no_difference_verdict():
-    assert bootstrap_ci([1.0, 1.0, 1.0], [2.0, 2.0, 2.0], mean_ratio) == (0.5, 0.5)
-    shifted = compare([0.5, 0.6, 0.7], [0.1, 0.2, 0.3], mean_diff, 0.0)
-    assert math.isclose(shifted["value"], 0.4) and shifted["excludes_null"] is True
-    lo, hi = shifted["ci"]
-    assert 0.2 <= lo < 0.4 < hi <= 0.6  # resampled means of 3 lie in [min, max]
-    overlapping = compare([0.1, 0.5, 0.9], [0.2, 0.5, 0.8], mean_diff, 0.0)
-    assert overlapping["excludes_null"] is False
-    one_seed = compare([0.5], [0.1, 0.2], mean_diff, 0.0)  # one seed: a value, never an interval
-    assert math.isclose(one_seed["value"], 0.35) and one_seed["ci"] is None and one_seed["excludes_null"] is None
+def evaluation(step: int, t: float, greedy: float, sampled: float, host: str = "Zen4") -> dict:
+    return {"step": step, "train_wall_s": t, "greedy_accuracy": greedy, "sampled_accuracy": sampled,
+            "host_cpu": host}
 
 
-def test_analyze_targets_the_baseline_final_accuracy():
-    methods = {"grpo": [run(None, {0: 0.2, 2: 0.4, 4: 0.6}), run(None, {0: 0.2, 2: 0.5, 4: 0.4})],
-               "grpo+RPO": [run(4.0, {0: 0.2, 2: 0.5, 4: 0.5}), run(4.0, {0: 0.2, 2: 0.3, 4: 0.4})]}
-    a = analyze(methods, "grpo")
-    assert math.isclose(a["target"], 0.5)  # mean of the baseline's final accuracies 0.6 and 0.4
-    assert a["methods"]["grpo"]["time_to_target_s"] == [20.0, 10.0]
-    assert a["methods"]["grpo+RPO"]["time_to_target_s"] == [14.0, math.inf]  # init 4 s + two 5-s steps; never
+def test_eval_rows_give_greedy_and_sampled_curves_and_the_host():
+    evals = [evaluation(5, 50.0, 0.3, 0.25), evaluation(0, 0.0, 0.2, 0.1, host="Zen3")]
+    assert eval_curves(evals) == ([(0.0, 0.2), (50.0, 0.3)], [(0.0, 0.1), (50.0, 0.25)])
+    assert run_host([{"step": 0, "host_cpu": "Zen4"}], evals) == "Zen4"  # metrics step 0 first
+    assert run_host([{"step": 0}], evals) == "Zen3" and run_host([{"step": 0}], []) is None
+    rc = run_curves(1, [{"step": 0}], evals)
+    assert rc.source == "rpo-eval" and rc.sampled == [(0.0, 0.1), (50.0, 0.25)]
+    assert run_curves(1, run(None, {0: 0.2, 1: 0.3}), []).source == "in-run"
+
+
+def method(grid: list[float], accs: dict[int, list[float]], host: str = "Zen4", hosts: dict | None = None):
+    """One RunCurves per seed: accs[seed] are greedy accuracies on the time grid; sampled = greedy - 0.1."""
+    return [run_curves(seed, [{"step": 0}],
+                       [evaluation(i, t, a, a - 0.1, (hosts or {}).get(seed, host))
+                        for i, (t, a) in enumerate(zip(grid, acc))]) for seed, acc in accs.items()]
+
+
+def test_paired_comparison_by_hand():
+    base = method([0, 100, 200, 300], {0: [0.2, 0.3, 0.4, 0.5], 1: [0.2, 0.4, 0.4, 0.6], 2: [0.2, 0.3, 0.5, 0.5]})
+    rpo = method([0, 150, 250], {0: [0.2, 0.5, 0.4], 1: [0.2, 0.3, 0.5], 2: [0.2, 0.3, 0.4]}, hosts={2: "Zen3"})
+    a = analyze({"grpo": base, "grpo+RPO": rpo}, "grpo", targets=(0.45,))
     (c,) = a["comparisons"]
-    # a seed never reached the target: no mean time, so no ratio and no interval (not "infinitely slower")
-    assert c["reached"] == (1, 2) and math.isnan(c["time_to_target_ratio"]["value"])
-    assert c["time_to_target_ratio"]["ci"] is None
-    assert "undefined: not every seed reached (1/2 vs 2/2)" in "\n".join(render(a))
-    assert math.isclose(c["tokens_ratio"]["value"], 0.2)
-    assert c["equal_time_s"] == 20.0  # the shortest run: a grpo seed ends at 20 s, the RPO ones at 24 s
-    assert math.isclose(c["equal_time_acc_diff"]["value"], (0.5 + 0.3) / 2 - (0.6 + 0.4) / 2)
-    assert math.isclose(c["final_acc_diff"]["value"], (0.5 + 0.4) / 2 - (0.6 + 0.4) / 2)
+    assert c["wall_time"] == 250  # the shorter method's runs end at 250 s
+    rows = {r["quantity"]: r for r in c["rows"]}
+    final = rows["greedy accuracy, final"]["paired"]  # 0.4-0.5, 0.5-0.6, 0.4-0.5
+    assert final["n"] == 3 and math.isclose(final["mean"], -0.1) and final["half_width"] < 1e-6
+    assert (final["lower"], final["higher"]) == (3, 0)
+    at_t = rows["greedy accuracy at 250 s"]  # rpo 0.4, 0.5, 0.4 (its evals at 250 s); grpo 0.4, 0.4, 0.5 (at 200 s)
+    assert at_t["method"] == {0: 0.4, 1: 0.5, 2: 0.4} and at_t["reference"] == {0: 0.4, 1: 0.4, 2: 0.5}
+    d = [0.0, 0.1, -0.1]
+    assert math.isclose(at_t["paired"]["mean"], statistics.fmean(d), abs_tol=1e-12)
+    assert math.isclose(at_t["paired"]["half_width"], 4.303 * statistics.stdev(d) / math.sqrt(3))
+    # mean accuracy to 250 s, seed 0 of rpo: (150 * (0.2 + 0.5) / 2 + 100 * (0.5 + 0.4) / 2) / 250
+    auc = rows["greedy mean accuracy over 0-250 s"]
+    assert math.isclose(auc["method"][0], (52.5 + 45.0) / 250)
+    # grpo seed 0 to 250 s: 100*(0.2+0.3)/2 + 100*(0.3+0.4)/2 + 50*(0.4+0.45)/2 (cut at 250 s: 0.45)
+    assert math.isclose(auc["reference"][0], (25.0 + 35.0 + 21.25) / 250)
+    ttt = rows["time to greedy ≥ 0.45 (s)"]  # rpo: 150, 250, never; grpo: 300, 300, 200
+    assert ttt["method"] == {0: 150, 1: 250, 2: None} and ttt["reference"] == {0: 300, 1: 300, 2: 200}
+    assert ttt["reached"] == (2, 3, 3, 3) and ttt["paired"]["n"] == 2 and math.isclose(ttt["paired"]["mean"], -100)
+    assert math.isclose(ttt["method_mean"], 200) and math.isclose(ttt["reference_mean"], 300)
+    assert "sampled accuracy, final" in rows  # every run has rpo-eval's sampled accuracy
+    assert any("seed 2" in n and "two hosts" in n for n in c["notes"])
+    assert a["hosts_note"].startswith("Hosts mixed: Zen3 (1 run); Zen4 (5 runs)")
+    text = "\n".join(render(a))
+    assert "| grpo+RPO vs grpo | time to greedy ≥ 0.45 (s) | 200 (reached in 2/3 runs) | 300 (reached in 3/3 runs) | " \
+           "-100 | [" in text
+    assert "lower in 3 of 3, higher in 0 | 3 |" in text and "Hosts mixed" in text
+    assert "bootstrap over 3 seeds is not an interval" in text
 
 
-def test_time_ratio_when_every_seed_reached():
-    assert math.isclose(time_ratio([10.0, 20.0], [30.0, 30.0]), 0.5)
-    for a, b in (([10.0, math.inf], [30.0, 30.0]), ([10.0, 20.0], [30.0, math.inf]), ([math.inf], [math.inf])):
-        assert math.isnan(time_ratio(a, b))
-    c = compare([10.0, 20.0, 15.0], [30.0, 30.0, 30.0], time_ratio, 1.0)
-    assert math.isclose(c["value"], 0.5) and c["excludes_null"] is True and c["ci"][0] >= 1 / 3
+def test_accuracy_at_t_leaves_out_a_run_not_yet_evaluated_after_step_0():
+    base = method([0, 100], {0: [0.2, 0.5], 1: [0.2, 0.4]})
+    slow = method([0, 300], {0: [0.2, 0.6], 1: [0.2, 0.3]})
+    (c,) = analyze({"grpo": base, "dapo": slow}, "grpo")["comparisons"]
+    rows = {r["quantity"]: r for r in c["rows"]}
+    assert rows["greedy accuracy at 100 s"]["paired"]["n"] == 0  # dapo's trained model is first read at 300 s
+    assert rows["greedy accuracy at 100 s"]["method"] == {0: None, 1: None}
+    assert any("first evaluation after step 0 at 300 s, after T = 100 s" in n for n in c["notes"])
+    (c,) = analyze({"grpo": base, "dapo": slow}, "grpo", wall_time=300)["comparisons"]
+    assert {r["quantity"] for r in c["rows"]} >= {"greedy accuracy at 300 s"}
+    assert not any("after T" in n for n in c["notes"])
+    assert "No targets given" in "\n".join(render(analyze({"grpo": base, "dapo": slow}, "grpo")))
 
 
 def test_phase_row_means_per_step():

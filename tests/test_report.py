@@ -276,3 +276,73 @@ def test_copy_runs_again_after_a_failed_run_was_rerun(sweep: Path, tmp_path: Pat
     again = rep.build_report(out / "runs", tmp_path / "again")
     run4 = {(r["method"], r["seed"]): r for r in again["runs"]}[("grpo+RPO", 2)]
     assert run4["status"] == "ok", run4
+
+
+def add_eval(job: Path, greedy: list[float], wall: list[float], host: str | None = None) -> None:
+    """An eval.jsonl as rpo-eval writes it: checkpoints at steps 0, 1, ... (sampled = greedy - 0.05), and the
+    metrics' step 0 saying which CPU the run trained on."""
+    rows = [{"checkpoint": f"step_{s:06d}", "step": s, "train_wall_s": t, "greedy_accuracy": g,
+             "sampled_accuracy": round(g - 0.05, 6), "k": 4, "temperature": 0.7, "n_problems": 500}
+            for s, (g, t) in enumerate(zip(greedy, wall))]
+    (job / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 9, "train_wal\n')
+    if host:
+        lines = (job / "metrics.jsonl").read_text().splitlines()
+        lines[0] = json.dumps({**json.loads(lines[0]), "host_cpu": host})
+        (job / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def eval_sweep(tmp_path: Path) -> Path:
+    """grpo and grpo+RPO x seeds 0, 1 with eval.jsonl; grpo+RPO seed 1 trained on another CPU."""
+    d = tmp_path / "evals"
+    for i, (rpo, seed, greedy, host) in enumerate([(False, 0, [0.2, 0.4, 0.5, 0.6], "Zen4"),
+                                                   (False, 1, [0.2, 0.3, 0.5, 0.5], "Zen4"),
+                                                   (True, 0, [0.2, 0.45, 0.5, 0.5], "Zen4"),
+                                                   (True, 1, [0.2, 0.3, 0.4, 0.45], "Zen3")]):
+        job = write_run(d / str(i), "grpo", seed, rpo=rpo, acc=(0.25, 0.9), cache_init=5.0 if rpo else None,
+                        steps=[gen(40, 2, 4)] * 3)
+        add_eval(job, greedy, [0.0, 10.0, 20.0, 30.0] if not rpo else [0.0, 8.0, 16.0, 24.0], host)
+    return d
+
+
+def test_eval_jsonl_feeds_accuracies_hosts_paired_table_and_plot(eval_sweep: Path, tmp_path: Path, capsys):
+    import matplotlib.image as mpimg
+
+    out = tmp_path / "o"
+    rep.main([str(eval_sweep), "--out", str(out), "--targets", "0.45", "--copy-runs"])
+    printed = capsys.readouterr().out
+    assert "## Paired comparisons" in printed and "| grpo+RPO vs grpo | greedy accuracy, final |" in printed
+    report = json.loads((out / "report.json").read_text())
+    rows = {(r["method"], r["seed"]): r for r in report["runs"]}
+    assert rows[("grpo", 0)]["acc_after"] == 0.6 and rows[("grpo", 0)]["acc_source"] == "rpo-eval"  # not 0.9 in-run
+    assert rows[("grpo+RPO", 1)]["host"] == "Zen3"
+    assert any("1 unreadable eval.jsonl line(s) skipped" in n for n in rows[("grpo", 0)]["notes"])
+    (c,) = report["curves"][""]["comparisons"]
+    q = {r["quantity"]: r for r in c["rows"]}
+    assert q["greedy accuracy, final"]["paired"]["mean"] == pytest.approx(((0.5 - 0.6) + (0.45 - 0.5)) / 2)
+    assert q["time to greedy ≥ 0.45 (s)"]["method"] == {"0": 8.0, "1": 24.0}  # JSON keys; first grid point >= 0.45
+    assert q["sampled accuracy, final"]["paired"]["n"] == 2
+    md = (out / "report.md").read_text()
+    table1 = md.split("## Table 1", 1)[1].split("##", 1)[0]
+    assert "Hosts mixed: Zen3 (1 run); Zen4 (3 runs)" in table1
+    assert "pairs spanning two hosts (seed 1)" in md
+    assert table_rows(md, "## Runs")[0][-2:] == ["rpo-eval", "Zen4"]
+    assert "accuracy_vs_train_wall.png" in report["plots"]
+    img = mpimg.imread(out / "accuracy_vs_train_wall.png")
+    assert img.shape[1] >= 600 and img[..., :3].std() > 0.01
+    assert (out / "runs" / "0" / "eval.jsonl").read_bytes() == (eval_sweep / "0" / "eval.jsonl").read_bytes()
+
+
+def test_targets_from_a_plateau_and_bad_options(eval_sweep: Path, tmp_path: Path, capsys):
+    rep.main([str(eval_sweep), "--out", str(tmp_path / "o"), "--plateau", "0.5", "--target-fractions", "0.9", "1"])
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["curves"][""]["targets"] == [0.45, 0.5]
+    for bad in (["--plateau", "0.5"], ["--target-fractions", "0.9"], ["--wall-time", "0"]):
+        with pytest.raises(SystemExit) as e:
+            rep.main([str(eval_sweep), "--out", str(tmp_path / "p"), *bad])
+        assert e.value.code == 2
+
+
+def test_runs_without_eval_jsonl_keep_the_old_plots(sweep: Path, tmp_path: Path):
+    report = rep.build_report(sweep, tmp_path)
+    assert "accuracy_vs_train_wall.png" not in report["plots"] and not (tmp_path / "accuracy_vs_train_wall.png").exists()
+    assert "Host CPU not recorded" in (tmp_path / "report.md").read_text()
