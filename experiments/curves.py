@@ -61,8 +61,8 @@ class RunCurves:
     """What the paired analysis reads of one ok run."""
 
     seed: object
-    host: Optional[str]  # CPU model (metrics step 0 or eval.jsonl host_cpu); None when not recorded
-    source: str  # "rpo-eval" (eval.jsonl) or "in-run" (metrics.jsonl accuracy)
+    host: Optional[str]  # CPU model it trained on (run_host); None when not recorded
+    source: str  # "rpo-eval (n=.., k=.., T=..)" (eval.jsonl) or "in-run" (metrics.jsonl accuracy)
     greedy: Curve
     sampled: Optional[Curve]  # pass@1 over k samples; only rpo-eval measures it
     metrics: list[dict]
@@ -88,18 +88,24 @@ def eval_curves(evals: list[dict]) -> tuple[Curve, Curve]:
     return greedy, sampled
 
 
-def run_host(metrics: list[dict], evals: list[dict]) -> Optional[str]:
-    """The CPU model the run trained on: metrics step 0's host_cpu, else that of the earliest evaluated checkpoint."""
-    step0 = next((r for r in metrics if r["step"] == 0), {})
-    return step0.get("host_cpu") or next((r["host_cpu"] for r in sorted(evals, key=lambda r: r["step"])
-                                          if r.get("host_cpu")), None)
+def run_host(metrics: list[dict]) -> Optional[str]:
+    """The CPU model(s) the run trained on, from metrics.jsonl's host_cpu (logged by every attempt of the run; a
+    resume on another machine reads 'A + B'). Not eval.jsonl's: that is where rpo-eval ran, off the clock."""
+    hosts = list(dict.fromkeys(r["host_cpu"] for r in metrics if r.get("host_cpu")))
+    return " + ".join(hosts) or None
+
+
+def eval_source(evals: list[dict]) -> str:
+    """rpo-eval's settings, as the label that says whether two runs' accuracies are measured alike."""
+    r = evals[0]
+    return f"rpo-eval (n={r.get('n_problems')}, k={r.get('k')}, T={r.get('temperature')})"
 
 
 def run_curves(seed, metrics: list[dict], evals: list[dict]) -> RunCurves:
-    host = run_host(metrics, evals)
+    host = run_host(metrics)
     if evals:
         greedy, sampled = eval_curves(evals)
-        return RunCurves(seed, host, "rpo-eval", greedy, sampled or None, metrics)
+        return RunCurves(seed, host, eval_source(evals), greedy, sampled or None, metrics)
     return RunCurves(seed, host, "in-run", inrun_curve(metrics), None, metrics)
 
 
@@ -157,8 +163,8 @@ def compare_methods(label: str, ref: str, a: list[RunCurves], b: list[RunCurves]
                      "machines")
     mixed = sorted({r.source for r in a + b})
     if len(mixed) > 1:
-        notes.append("the two methods' accuracies come from different evaluations (rpo-eval and in-run): not paired "
-                     "on the same problems")
+        notes.append(f"the two methods' accuracies come from different evaluations ({'; '.join(mixed)}): not "
+                     "measured alike")
     return {"method": label, "reference": ref, "wall_time": horizon, "rows": rows, "notes": notes}
 
 
@@ -233,9 +239,8 @@ def render_paired(analysis: dict) -> list[str]:
     if not analysis["targets"]:
         lines += ["No targets given (`--targets`): no time to target. Fix targets before the runs; a target read off "
                   "the same runs' finals is reached by about half of them by construction.", ""]
-    lines += ["Accuracy is " + " and ".join({"rpo-eval": "rpo-eval's (eval.jsonl)",
-                                              "in-run": "the in-run greedy evaluation's (metrics.jsonl)"}[s]
-                                             for s in analysis["sources"]) + ". "
+    lines += ["Accuracy is " + " and ".join("the in-run greedy evaluation's (metrics.jsonl)" if s == "in-run"
+                                             else f"{s}'s (eval.jsonl)" for s in analysis["sources"]) + ". "
               "T: the end of the shorter of the two methods' runs unless `--wall-time` is given; the accuracy at T is "
               "a run's last evaluation at or before T, the mean accuracy the trapezoid area under its curve from "
               "0 s (the starting model) to T, divided by T. Time to a target is the first evaluation at or above it "

@@ -39,7 +39,8 @@ from typing import Callable
 
 import yaml
 
-from experiments.curves import RunCurves, accuracy_curve, analyze, run_curves, run_host, step_seconds, tokens_per_sample
+from experiments.curves import (RunCurves, accuracy_curve, analyze, eval_source, run_curves, run_host, step_seconds,
+                                tokens_per_sample)
 from experiments.curves import render as render_curves
 from experiments.curves import render_paired
 from experiments.stats import hosts_note
@@ -105,7 +106,7 @@ def load_run(path: Path) -> Run:
     error = (path / "error.txt").read_text(errors="replace") if (path / "error.txt").is_file() else None
     return Run(path=path, config=config if isinstance(config, dict) else {}, overrides=overrides,
                metrics=read_metrics(path / "metrics.jsonl", notes), error=error, notes=notes,
-               evals=read_metrics(path / EVAL_FILE, notes, required=EVAL_KEYS))
+               evals=read_eval(path / EVAL_FILE, notes))
 
 
 def _read_yaml(path: Path, notes: list[str]):
@@ -120,35 +121,62 @@ def _read_yaml(path: Path, notes: list[str]):
 
 
 EVAL_KEYS = ("train_wall_s", "greedy_accuracy")  # an eval.jsonl row without them has no place on the time axis
+EVAL_SETTINGS = ("n_problems", "k", "temperature", "max_new_tokens", "probe_prefix")  # rpo-eval's settings
 
 
-def read_metrics(path: Path, notes: list[str], required: tuple[str, ...] = ()) -> list[dict]:
-    """metrics.jsonl (or eval.jsonl) records by step; unparsable lines (e.g. a line cut by a kill) and records
-    missing a required key are counted and skipped."""
+def read_jsonl(path: Path, notes: list[str], required: tuple[str, ...] = ()) -> list[dict]:
+    """The file's records in order; unparsable lines (e.g. a line cut by a kill) and records without an integer
+    step or a numeric required key are counted and skipped."""
     if not path.is_file():
         return []
-    by_step: dict[int, dict] = {}
-    bad = duplicates = 0
+    records, bad = [], 0
     for line in path.read_text(errors="replace").splitlines():
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            step = int(record["step"])
+            record["step"] = int(record["step"])
             if any(not isinstance(record.get(k), (int, float)) for k in required):
                 raise ValueError(f"missing one of {required}")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             bad += 1
             continue
-        duplicates += step in by_step
-        by_step[step] = record  # the later line of a repeated step wins (what a resumed run re-logged)
+        records.append(record)
     if bad:
         notes.append(f"{bad} unreadable {path.name} line(s) skipped")
         log.warning("%s: %d unreadable line(s) skipped", path, bad)
-    if duplicates:
-        notes.append(f"{duplicates} repeated step(s) in {path.name}: the last line of each kept")
-        log.warning("%s: %d repeated step(s)", path, duplicates)
-    return [by_step[s] for s in sorted(by_step)]
+    return records
+
+
+def by_step(records: list[dict], name: str, notes: list[str]) -> list[dict]:
+    """One record per step, sorted; the later line of a repeated step wins (what a resumed run re-logged)."""
+    out = {r["step"]: r for r in records}
+    if len(out) < len(records):
+        notes.append(f"{len(records) - len(out)} repeated step(s) in {name}: the last line of each kept")
+        log.warning("%s: %d repeated step(s)", name, len(records) - len(out))
+    return [out[s] for s in sorted(out)]
+
+
+def read_metrics(path: Path, notes: list[str]) -> list[dict]:
+    """metrics.jsonl records by step."""
+    return by_step(read_jsonl(path, notes), path.name, notes)
+
+
+def read_eval(path: Path, notes: list[str]) -> list[dict]:
+    """eval.jsonl records by step, of one rpo-eval setting: when the file holds several (rpo-eval re-run with other
+    settings), the one covering the most checkpoints, the later written on a tie; the others are named in a note."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in read_jsonl(path, notes, required=EVAL_KEYS):
+        groups.setdefault(tuple(r.get(k) for k in EVAL_SETTINGS), []).append(r)
+    if not groups:
+        return []
+    order = list(groups)
+    pick = max(order, key=lambda g: (len({r["step"] for r in groups[g]}), order.index(g)))
+    if len(groups) > 1:
+        named = lambda g: ", ".join(f"{k}={v}" for k, v in zip(EVAL_SETTINGS, g))  # noqa: E731
+        notes.append(f"eval.jsonl holds {len(groups)} rpo-eval settings: read {named(pick)}; left out "
+                     + "; ".join(named(g) for g in order if g != pick))
+    return by_step(groups[pick], path.name, notes)
 
 
 def dig(d: dict, dotted: str, default=None):
@@ -223,8 +251,8 @@ def summarize_run(run: Run) -> dict:
         "steps": len(steps),
         "acc_before": evals[0] if from_eval else step0.get("accuracy"),
         "acc_after": evals[last["step"]] if from_eval else last.get("accuracy"),
-        "acc_source": "rpo-eval" if from_eval else "in-run",
-        "host": run_host(run.metrics, run.evals),
+        "acc_source": eval_source(run.evals) if from_eval else "in-run",
+        "host": run_host(run.metrics),
         "tokens_per_sample": tokens_per_sample(run.metrics),
         "rollout_s_per_step": sum(r.get("time_rollout") or 0.0 for r in steps) / len(steps) if steps else None,
         "train_time_s": sum(step_times) if steps and None not in step_times else None,

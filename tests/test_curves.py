@@ -33,26 +33,28 @@ def test_inrun_curve_puts_the_starting_model_at_0_s():
     assert inrun_curve(logged) == [(0.0, 0.2), (70.0, 0.3)]  # train_wall_s as logged
 
 
-def evaluation(step: int, t: float, greedy: float, sampled: float, host: str = "Zen4") -> dict:
+def evaluation(step: int, t: float, greedy: float, sampled: float) -> dict:
     return {"step": step, "train_wall_s": t, "greedy_accuracy": greedy, "sampled_accuracy": sampled,
-            "host_cpu": host}
+            "host_cpu": "the eval host", "n_problems": 500, "k": 4, "temperature": 0.7}
 
 
-def test_eval_rows_give_greedy_and_sampled_curves_and_the_host():
-    evals = [evaluation(5, 50.0, 0.3, 0.25), evaluation(0, 0.0, 0.2, 0.1, host="Zen3")]
+def test_eval_rows_give_greedy_and_sampled_curves_and_the_training_host():
+    evals = [evaluation(5, 50.0, 0.3, 0.25), evaluation(0, 0.0, 0.2, 0.1)]
     assert eval_curves(evals) == ([(0.0, 0.2), (50.0, 0.3)], [(0.0, 0.1), (50.0, 0.25)])
-    assert run_host([{"step": 0, "host_cpu": "Zen4"}], evals) == "Zen4"  # metrics step 0 first
-    assert run_host([{"step": 0}], evals) == "Zen3" and run_host([{"step": 0}], []) is None
-    rc = run_curves(1, [{"step": 0}], evals)
-    assert rc.source == "rpo-eval" and rc.sampled == [(0.0, 0.1), (50.0, 0.25)]
+    metrics = [{"step": 0, "host_cpu": "Zen4"}, {"step": 1}, {"step": 7, "host_cpu": "Zen4"}]
+    assert run_host(metrics) == "Zen4" and run_host([{"step": 0}]) is None  # rpo-eval's host is not the run's
+    assert run_host(metrics + [{"step": 9, "host_cpu": "Zen3"}]) == "Zen4 + Zen3"  # resumed on another machine
+    rc = run_curves(1, metrics, evals)
+    assert rc.source == "rpo-eval (n=500, k=4, T=0.7)" and rc.sampled == [(0.0, 0.1), (50.0, 0.25)]
+    assert rc.host == "Zen4"
     assert run_curves(1, run(None, {0: 0.2, 1: 0.3}), []).source == "in-run"
 
 
 def method(grid: list[float], accs: dict[int, list[float]], host: str = "Zen4", hosts: dict | None = None):
     """One RunCurves per seed: accs[seed] are greedy accuracies on the time grid; sampled = greedy - 0.1."""
-    return [run_curves(seed, [{"step": 0}],
-                       [evaluation(i, t, a, a - 0.1, (hosts or {}).get(seed, host))
-                        for i, (t, a) in enumerate(zip(grid, acc))]) for seed, acc in accs.items()]
+    return [run_curves(seed, [{"step": 0, "host_cpu": (hosts or {}).get(seed, host)}],
+                       [evaluation(i, t, a, a - 0.1) for i, (t, a) in enumerate(zip(grid, acc))])
+            for seed, acc in accs.items()]
 
 
 def test_paired_comparison_by_hand():

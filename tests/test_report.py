@@ -302,6 +302,10 @@ def eval_sweep(tmp_path: Path) -> Path:
         job = write_run(d / str(i), "grpo", seed, rpo=rpo, acc=(0.25, 0.9), cache_init=5.0 if rpo else None,
                         steps=[gen(40, 2, 4)] * 3)
         add_eval(job, greedy, [0.0, 10.0, 20.0, 30.0] if not rpo else [0.0, 8.0, 16.0, 24.0], host)
+    with (d / "0" / "eval.jsonl").open("a") as f:  # rpo-eval re-run on two checkpoints with other settings: not read
+        for step in (0, 3):
+            f.write(json.dumps({"step": step, "train_wall_s": 10.0 * step, "greedy_accuracy": 0.99, "k": 4,
+                                "temperature": 0.7, "n_problems": 50}) + "\n")
     return d
 
 
@@ -314,7 +318,8 @@ def test_eval_jsonl_feeds_accuracies_hosts_paired_table_and_plot(eval_sweep: Pat
     assert "## Paired comparisons" in printed and "| grpo+RPO vs grpo | greedy accuracy, final |" in printed
     report = json.loads((out / "report.json").read_text())
     rows = {(r["method"], r["seed"]): r for r in report["runs"]}
-    assert rows[("grpo", 0)]["acc_after"] == 0.6 and rows[("grpo", 0)]["acc_source"] == "rpo-eval"  # not 0.9 in-run
+    assert rows[("grpo", 0)]["acc_after"] == 0.6  # rpo-eval's, not the in-run 0.9
+    assert rows[("grpo", 0)]["acc_source"] == "rpo-eval (n=500, k=4, T=0.7)"
     assert rows[("grpo+RPO", 1)]["host"] == "Zen3"
     assert any("1 unreadable eval.jsonl line(s) skipped" in n for n in rows[("grpo", 0)]["notes"])
     (c,) = report["curves"][""]["comparisons"]
@@ -326,7 +331,8 @@ def test_eval_jsonl_feeds_accuracies_hosts_paired_table_and_plot(eval_sweep: Pat
     table1 = md.split("## Table 1", 1)[1].split("##", 1)[0]
     assert "Hosts mixed: Zen3 (1 run); Zen4 (3 runs)" in table1
     assert "pairs spanning two hosts (seed 1)" in md
-    assert table_rows(md, "## Runs")[0][-2:] == ["rpo-eval", "Zen4"]
+    assert table_rows(md, "## Runs")[0][-2:] == ["rpo-eval (n=500, k=4, T=0.7)", "Zen4"]
+    assert any("eval.jsonl holds 2 rpo-eval settings: read n_problems=500" in n for n in rows[("grpo", 0)]["notes"])
     assert "accuracy_vs_train_wall.png" in report["plots"]
     img = mpimg.imread(out / "accuracy_vs_train_wall.png")
     assert img.shape[1] >= 600 and img[..., :3].std() > 0.01
