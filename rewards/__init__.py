@@ -2,7 +2,7 @@
 
     from rewards import extract_answer, math_equal, normalize_gold, RewardScorer, compose_rewards
 
-The shaping functions (`overlong_penalty`, `length_aware_reward`, `compose_rewards`) need torch and are imported
+The shaping functions (`overlong_penalty`, `length_aware_reward`, `cosine_length_reward`, `compose_rewards`) need torch and are imported
 on first use, so that reward worker processes (`python -m rewards.worker`) stay small: they load sympy only.
 """
 from rewards.extract import STYLES, extract_answer
@@ -22,7 +22,7 @@ def build_scorer(reward_cfg, data_cfg):
     """The scorer `reward.verifier` names; the dataset's answer_style wins over reward.style (it knows its answers)."""
     return SCORERS.get(reward_cfg.verifier)(reward_cfg, data_cfg)
 
-_SHAPING = ("overlong_penalty", "length_aware_reward", "compose_rewards")
+_SHAPING = ("overlong_penalty", "length_aware_reward", "cosine_length_reward", "compose_rewards")
 
 __all__ = [
     "REL_TOL", "SCORERS", "STYLES", "LengthParityScorer", "ParseError", "RewardScorer", "ScoreResult",

@@ -1,15 +1,18 @@
-"""Reward shaping on top of correctness: DAPO's soft overlong punishment, RPO's length-aware reward, a format
-bonus, and their composition from the `reward` config node. The overlong punishment counts tokens; the
-length-aware reward counts words (the authors') or tokens (reward.length_aware.unit).
+"""Reward shaping on top of correctness: DAPO's soft overlong punishment, RPO's length-aware reward, open-r1's
+cosine-scaled length reward, a format bonus, and their composition from the `reward` config node. The overlong
+punishment counts tokens; the length-aware reward counts words (the authors') or tokens (reward.length_aware.unit);
+the cosine reward counts tokens or characters (the authors', reward.cosine.unit).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 LENGTH_UNITS = ("words", "tokens")
+COSINE_UNITS = ("tokens", "chars")
 
 
 def word_counts(texts: Sequence[str]) -> list[int]:
@@ -56,6 +59,29 @@ def length_aware_reward(
     return torch.where(ok, shaped, r).view(-1)
 
 
+def cosine_length_reward(
+    correct: Tensor, lengths: Tensor, max_len: float, min_value_wrong: float = 0.0, max_value_wrong: float = -0.5,
+    min_value_correct: float = 0.5, max_value_correct: float = 1.0,
+) -> Tensor:
+    """open-r1's cosine-scaled reward: R = lo + (hi - lo) (1 + cos(pi L / max_len)) / 2, (lo, hi) = (min_value_correct, max_value_correct) if correct else (max_value_wrong, min_value_wrong).
+
+    So a correct response earns max_value_correct at L = 0 falling to min_value_correct at max_len, a wrong one
+    min_value_wrong at L = 0 moving to max_value_wrong at max_len. L is not clipped: past max_len the cosine turns
+    back, as in the authors' code (github.com/yhz5613813/RPO, src/open_r1/rewards.py, get_cosine_scaled_reward,
+    which takes L = len(content) in characters). The defaults are the authors' GRPOScriptArguments (grpo_cache.py).
+    """
+    if correct.shape != lengths.shape or correct.dim() != 1:
+        raise ValueError(f"correct and lengths must be 1-D of equal shape, got {tuple(correct.shape)}, {tuple(lengths.shape)}")
+    if not max_len > 0:
+        raise ValueError(f"max_len must be > 0, got {max_len}")
+    ok = correct.to(torch.bool)
+    f64 = lambda v: torch.tensor(float(v), dtype=torch.float64)  # noqa: E731
+    lo = torch.where(ok, f64(min_value_correct), f64(max_value_wrong))
+    hi = torch.where(ok, f64(max_value_correct), f64(min_value_wrong))
+    cosine = torch.cos(lengths.to(torch.float64) / max_len * math.pi)
+    return lo + 0.5 * (hi - lo) * (1.0 + cosine)
+
+
 def compose_rewards(
     correct: list[bool],
     has_answer: list[bool],
@@ -63,6 +89,7 @@ def compose_rewards(
     group_size: int,
     cfg: Any,
     word_counts: Optional[list[int]] = None,
+    char_counts: Optional[list[int]] = None,
 ) -> tuple[list[float], dict[str, list[float]]]:
     """Total reward per sample and each term (summing to the total), from the `reward` config node.
 
@@ -70,13 +97,15 @@ def compose_rewards(
     responses; its term is the change it makes. Its length is `word_counts` (see word_counts()) if
     length_aware.unit is "words", the token `lengths` if "tokens" or if the node has no unit key (configs
     written before the key existed). format: format_weight if an answer was extracted. overlong: weight * DAPO
-    soft overlong punishment of the response length in tokens.
+    soft overlong punishment of the response length in tokens. cosine: weight * open-r1's cosine-scaled reward of the
+    length in tokens, or in `char_counts` (len of each decoded completion) if cosine.unit is "chars".
     """
     n = len(correct)
     if not (len(has_answer) == len(lengths) == n):
         raise ValueError(f"correct, has_answer and lengths differ in length: {n}, {len(has_answer)}, {len(lengths)}")
-    if word_counts is not None and len(word_counts) != n:
-        raise ValueError(f"word_counts has {len(word_counts)} values for {n} responses")
+    for name, counts in (("word_counts", word_counts), ("char_counts", char_counts)):
+        if counts is not None and len(counts) != n:
+            raise ValueError(f"{name} has {len(counts)} values for {n} responses")
     mode = cfg.get("correctness", "binary")
     if mode not in ("binary", "signed"):
         raise ValueError(f"reward.correctness must be 'binary' or 'signed', got {mode!r}")
@@ -105,6 +134,20 @@ def compose_rewards(
     if format_weight:
         parts["format"] = format_weight * torch.tensor(has_answer, dtype=torch.float64)
         total = total + parts["format"]
+
+    co = cfg.get("cosine") or {}
+    if co.get("enabled", False):
+        unit = co.get("unit", "tokens")
+        if unit not in COSINE_UNITS:
+            raise ValueError(f"reward.cosine.unit must be one of {COSINE_UNITS}, got {unit!r}")
+        if unit == "chars" and char_counts is None:
+            raise ValueError("reward.cosine.unit=chars needs char_counts (len of each decoded response); pass them or "
+                             "set reward.cosine.unit=tokens")
+        co_len = torch.tensor(char_counts, dtype=torch.float64) if unit == "chars" else L
+        parts["cosine"] = float(co.get("weight", 1.0)) * cosine_length_reward(
+            ok, co_len, float(co.get("max_len", 1000)), co.get("min_value_wrong", 0.0), co.get("max_value_wrong", -0.5),
+            co.get("min_value_correct", 0.5), co.get("max_value_correct", 1.0))
+        total = total + parts["cosine"]
 
     ov = cfg.get("overlong") or {}
     if ov.get("enabled", False):

@@ -13,7 +13,7 @@ from algorithms.core import PREFIX_RATIOS, TRUNCATE_PER
 from algorithms.rpo import CACHE_UPDATES, INIT_MODES, SUFFIX_BUDGETS, TRUNCATE_MODES
 from cache.store import SYNCHRONOUS_MODES
 from rewards import SCORERS, STYLES
-from rewards.shaping import LENGTH_UNITS
+from rewards.shaping import COSINE_UNITS, LENGTH_UNITS
 from rollout import ENGINES, PLACEMENTS
 from rpo_core.checkpoint import is_complete
 from rpo_core.learner import SHARED_PREFIX_MODES
@@ -157,3 +157,9 @@ def _reward(cfg) -> None:
         choice(cfg, "reward.length_aware.unit", LENGTH_UNITS)
         if low > high:
             raise ConfigError(f"reward.length_aware.low={low} must be <= reward.length_aware.high={high}")
+    if boolean(cfg, "reward.cosine.enabled"):
+        number(cfg, "reward.cosine.weight")
+        choice(cfg, "reward.cosine.unit", COSINE_UNITS)
+        integer(cfg, "reward.cosine.max_len", 1)
+        for end in ("min_value_wrong", "max_value_wrong", "min_value_correct", "max_value_correct"):
+            number(cfg, f"reward.cosine.{end}")

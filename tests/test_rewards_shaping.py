@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rewards import compose_rewards, length_aware_reward, overlong_penalty
+from rewards import compose_rewards, cosine_length_reward, length_aware_reward, overlong_penalty
 from rewards.shaping import LENGTH_UNITS, word_counts
 
 
@@ -156,3 +156,71 @@ def test_project_config_composes_with_defaults():
     total, _ = compose_rewards([True, True], [True, True], [30, 20], 2, cfg, word_counts=[14, 9])
     # mean 11.5 words: sig(0.1 * (11.5 - 14)) = sig(-0.25) -> clipped to 0.5; sig(0.25) = 0.562177
     assert total == pytest.approx([0.5, 0.5621765009])
+
+
+# open-r1's cosine reward at hand-picked lengths, max_len = 1000: cos(0) = 1, cos(pi/4) = 0.7071068, cos(pi/2) = 0,
+# cos(pi) = -1, cos(3pi/2) = 0, cos(2pi) = 1 (past max_len the cosine turns back: the authors' code does not clip)
+COS_LENGTHS = [0, 250, 500, 1000, 1500, 2000]
+
+
+def test_cosine_length_reward_by_hand_with_the_authors_defaults():
+    n = len(COS_LENGTHS)
+    L = torch.tensor(COS_LENGTHS * 2)
+    correct = torch.tensor([True] * n + [False] * n)
+    out = cosine_length_reward(correct, L, max_len=1000)  # authors' GRPOScriptArguments: 0.0, -0.5, 0.5, 1.0
+    # correct: 0.5 + 0.25 (1 + cos): 1 at L = 0 down to 0.5 at max_len; wrong: -0.5 + 0.25 (1 + cos): 0 down to -0.5
+    half = 0.5 + 0.25 * (1 + math.sqrt(0.5))
+    assert out.tolist() == pytest.approx([1.0, half, 0.75, 0.5, 0.75, 1.0, 0.0, half - 1.0, -0.25, -0.5, -0.25, 0.0])
+
+
+def test_cosine_length_reward_wrong_answers_swap_their_ends():
+    """open-r1's function defaults (min_value_wrong=-1, max_value_wrong=-0.5): a wrong answer starts at min_value_wrong
+    and reaches max_value_wrong at max_len (the swap), so longer wrong answers are penalized less."""
+    out = cosine_length_reward(torch.tensor([False] * 3), torch.tensor([0, 50, 100]), max_len=100,
+                               min_value_wrong=-1.0, max_value_wrong=-0.5)
+    assert out.tolist() == pytest.approx([-1.0, -0.75, -0.5])
+    with pytest.raises(ValueError, match="max_len"):
+        cosine_length_reward(torch.tensor([True]), torch.tensor([1]), max_len=0)
+
+
+def test_compose_cosine_term_in_tokens_or_chars():
+    cos_on = {"format_weight": 1.0, "cosine": {"enabled": True, "weight": 1.0, "unit": "tokens", "max_len": 1000,
+                                               "min_value_wrong": 0.0, "max_value_wrong": -0.5,
+                                               "min_value_correct": 0.5, "max_value_correct": 1.0}}  # fmt: skip
+    total, parts = compose_rewards([True, False], [True, True], [500, 0], 2, _cfg(**cos_on))
+    assert parts["cosine"] == pytest.approx([0.75, 0.0]) and total == pytest.approx([2.75, 1.0])
+    chars = _cfg(**cos_on, **{"cosine.unit": "chars", "cosine.weight": 2.0})
+    total, parts = compose_rewards([True, False], [True, False], [500, 0], 2, chars, char_counts=[1000, 500])
+    assert parts["cosine"] == pytest.approx([1.0, -0.5]) and total == pytest.approx([3.0, -0.5])
+    with pytest.raises(ValueError, match="char_counts"):
+        compose_rewards([True], [True], [1], 1, chars)
+    with pytest.raises(ValueError, match="char_counts has 1"):
+        compose_rewards([True, True], [True, True], [1, 2], 2, chars, char_counts=[3])
+
+
+def test_authors_reward_preset_is_format_plus_cosine_plus_accuracy():
+    """reward=authors (yhz5613813/RPO recipes: format + cosine + accuracy, weights 1): composed and validated as
+    rpo-train does, it gives each response 1{answer} + cosine(len) + 1{correct} and nothing else."""
+    from conftest import compose
+    from rpo_core.config import validate_config
+
+    cfg = compose("reward=authors")
+    validate_config(cfg)
+    total, parts = compose_rewards([True, False, False], [True, True, False], [0, 500, 1000], 3, cfg.reward)
+    assert list(parts) == ["correctness", "format", "cosine"]
+    assert total == pytest.approx([1.0 + 1.0 + 1.0, 0.0 + 1.0 - 0.25, 0.0 + 0.0 - 0.5])
+    total, parts = compose_rewards([True], [True], [0], 1, compose().reward)
+    assert list(parts) == ["correctness"]  # the default reward is unchanged
+
+
+@pytest.mark.parametrize("override,message", [
+    ("reward.cosine.unit=words", "reward.cosine.unit='words' is not one of: tokens, chars"),
+    ("reward.cosine.max_len=0", "reward.cosine.max_len=0 must be >= 1"),
+    ("reward.cosine.min_value_wrong=low", "reward.cosine.min_value_wrong='low' must be a number"),
+])
+def test_cosine_options_are_validated(override, message):
+    from conftest import compose
+    from rpo_core.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose("reward=authors", override))
