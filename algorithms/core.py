@@ -521,7 +521,8 @@ def rapid_loss(
     with the prefix's age rather than with this rollout's staleness. Token level: loss tokens outside
     weight_mask get weight 1.
     Returns (loss, stats): weight mean/max/min before (raw_*) and after clipping, frac_clipped (over sequences
-    with a weighted token, or weighted tokens at token level), baseline_degenerate_groups.
+    with a weighted token, or weighted tokens at token level), baseline_degenerate_groups, and advantage_abs_mean,
+    the mean |A_i| over the N sequences (the advantages exist only here: they depend on the current policy).
     """
     wmask = mask if weight_mask is None else weight_mask
     clipped, raw = rapid_importance_weights(logp, behavior_logp, wmask, is_level, is_clip)
@@ -547,6 +548,7 @@ def rapid_loss(
             "weight_min": _masked_min(clipped, valid),
             "frac_clipped": masked_mean((raw > is_clip).to(raw.dtype), valid),
             "baseline_degenerate_groups": (seq_clipped.view(-1, group_size).sum(dim=1) == 0).sum(),
+            "advantage_abs_mean": advantages.abs().mean(),
         }
     return loss, stats
 

@@ -39,7 +39,8 @@ class RAPID(Algorithm):
         return False  # the importance weights are to the behaviour policy's logprobs
 
     def prepare(self, tb: TrainBatch) -> TrainBatch:
-        # The baseline depends on the current policy's weights, so advantages are formed inside the loss.
+        # The baseline depends on the current policy's weights, so advantages are formed inside the loss, which reports
+        # their mean |A| (advantage_abs_mean); tb.advantages stays 0.
         if self.cfg.overlong_filter:
             tb.loss_mask = tb.loss_mask * tb.finished[:, None]
         return tb

@@ -504,6 +504,7 @@ def test_rapid_loss_hand_case_value_and_gradient():
     assert stats["weight_mean"].item() == pytest.approx(1.25)
     assert stats["frac_clipped"].item() == pytest.approx(0.5)
     assert stats["baseline_degenerate_groups"].item() == 0
+    assert stats["advantage_abs_mean"].item() == pytest.approx((0.2 + 0.8) / 2)
 
 
 def drifting_prefix_batch(drift):
@@ -799,3 +800,65 @@ def test_groups_an_algorithm_calls_inert_get_exactly_zero_gradient_from_its_loss
         assert inert.tolist() == [True, False, True, True]
         grad = logp.grad.view(4, 2, 3)
         assert torch.equal(grad[inert], torch.zeros_like(grad[inert])) and grad[1].abs().min() > 0
+
+
+def _rapid_batch(rewards, group_size):
+    """Three response tokens per row, behaviour log-probs -1; the current policy's are -1 + 0.1 k on row k."""
+    from rpo_core.common.batching import to_train_batch
+    from rpo_core.common.types import RolloutBatch, Sample
+
+    samples = [Sample(uid=str(i // group_size), prompt_ids=[1, 2], response_ids=[5, 6 + i, 7],
+                      behavior_logprobs=[-1.0] * 3) for i in range(len(rewards))]
+    tb = to_train_batch(RolloutBatch(samples, group_size=group_size, rewards=rewards), pad_id=0, step=1)
+    return tb, (torch.full((len(rewards), 3), -1.0) + 0.1 * torch.arange(len(rewards))[:, None])
+
+
+def test_rapid_reports_the_advantages_its_loss_forms():
+    """RAPID's advantages depend on the current policy, so they are formed in its loss and tb.advantages stays 0 (the
+    loop's advantage_abs_mean read 0 on every RAPID step): the loss reports their mean |A|. Row k's sequence weight is
+    exp(3 * 0.1 k), clipped at is_clip = 2: w = [1, e^0.3, e^0.6, 2]; rewards [1, 0, 0, 0] (std 0.5):
+    b = 1 / sum w, A = ([1, 0, 0, 0] - b) / (0.5 + eps), mean |A| = (1 + 2b) / (4 (0.5 + eps)) (0.75 unweighted)."""
+    from algorithms import build_algorithm
+    from conftest import compose
+
+    algo = build_algorithm(compose("algorithm=rapid", "algorithm.is_clip=2.0").algorithm, 16)
+    tb, logp = _rapid_batch([1.0, 0.0, 0.0, 0.0], group_size=4)
+    tb = algo.prepare(tb)
+    _, stats = algo.loss(logp.requires_grad_(), tb)
+    b = 1 / (1 + math.exp(0.3) + math.exp(0.6) + 2)
+    assert torch.equal(tb.advantages, torch.zeros(4))
+    assert stats["advantage_abs_mean"].item() == pytest.approx((1 + 2 * b) / (4 * (0.5 + EPS)))
+    assert stats["advantage_abs_mean"].item() < 0.7  # the importance-weighted baseline, not the plain mean
+    tb, logp = _rapid_batch([1.0, 1.0, 0.0, 0.0], group_size=2)
+    assert algo.loss(logp, algo.prepare(tb))[1]["advantage_abs_mean"].item() == 0.0  # no reward spread, no advantage
+
+
+@pytest.mark.full
+def test_the_loop_logs_rapids_advantages(tiny_model_path, dist):
+    """update_phase (rpo_core/train.py) with a real DeepSpeed learner: RAPID's advantage_abs_mean is the mean |A| its
+    loss formed over the groups the learner computed, not the zeros left in tb.advantages. With groups of 2 and binary
+    rewards a computed group's mean |A| is 1 / (2 std) = 0.707 whatever the weights; counting the skipped group of
+    equal rewards would give 0.471."""
+    from types import SimpleNamespace
+
+    from algorithms import build_algorithm
+    from conftest import compose
+    from rpo_core.common.batching import to_train_batch
+    from rpo_core.train import update_phase
+    from test_learner_step import _learner, _rollout
+
+    cfg = compose("model=tiny", "algorithm=rapid")
+    learner = _learner(tiny_model_path)
+    c = SimpleNamespace(cfg=cfg, algorithm=build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens), learner=learner,
+                        reference=None, pad_id=0, rank=0, world_size=1)
+    batch = _rollout([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], seed=0)
+    logp = learner.logprobs(to_train_batch(batch, 0, step=1))
+    for k, s in enumerate(batch.samples):  # behaviour log-probs 0.05 k nats/token below the learner's
+        s.behavior_logprobs = (logp[k, : len(s.response_ids)] - 0.05 * k).tolist()
+    tb = to_train_batch(batch, 0, step=1)
+    w, _ = rapid_importance_weights(logp, tb.behavior_logp, tb.loss_mask, "sequence", cfg.algorithm.is_clip)
+    adv = rapid_advantages(tb.rewards, w, 2).view(3, 2)[[0, 2]]
+    stats = update_phase(c, batch, step=1)
+    assert stats["learner_rows_skipped"] == 2
+    assert stats["advantage_abs_mean"] == pytest.approx(adv.abs().mean().item(), rel=1e-4)
+    assert stats["advantage_abs_mean"] > 0.5
