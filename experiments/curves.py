@@ -143,20 +143,18 @@ def compare_methods(label: str, ref: str, a: list[RunCurves], b: list[RunCurves]
         rows.append(_row(f"{kind} accuracy, final", _each(curve_a, lambda c: c[-1][1] if c else None),
                          _each(curve_b, lambda c: c[-1][1] if c else None)))
         if horizon is not None:
-            late = [(m, s, first_trained_eval(c)) for m, cs in ((label, curve_a), (ref, curve_b))
-                    for s, c in cs.items() if first_trained_eval(c) is None or first_trained_eval(c) > horizon]
-            at = lambda c: None if first_trained_eval(c) is None or first_trained_eval(c) > horizon \
-                else accuracy_at(c, horizon)  # noqa: E731
+            at = lambda c: trained_accuracy_at(c, horizon)  # noqa: E731
             rows.append(_row(f"{kind} accuracy at {horizon:.0f} s", _each(curve_a, at), _each(curve_b, at)))
             rows.append(_row(f"{kind} mean accuracy over 0-{horizon:.0f} s",
                              _each(curve_a, lambda c: mean_accuracy_to(c, horizon)),
                              _each(curve_b, lambda c: mean_accuracy_to(c, horizon))))
-            notes += [f"{m} seed {s}: {'no evaluation after step 0' if t is None else f'first evaluation after step 0 at {t:.0f} s'}"
-                      f", after T = {horizon:.0f} s: left out of the {kind} accuracy at T (it would read the starting model)"
-                      for m, s, t in late]
+            notes += [f"{m} seed {s}: {_first_eval_text(c)}, after T = {horizon:.0f} s: left out of the {kind} "
+                      "accuracy at T (it would read the starting model)"
+                      for m, cs in ((label, curve_a), (ref, curve_b)) for s, c in cs.items() if c and at(c) is None]
         for target in targets:
-            rows.append(_row(f"time to {kind} ≥ {target:g} (s)", _each(curve_a, lambda c: time_to_target(c, target)),
-                             _each(curve_b, lambda c: time_to_target(c, target)), reached=True))
+            reach = lambda c: time_to_target(c, target)  # noqa: E731
+            rows.append(_row(f"time to {kind} ≥ {target:g} (s)", _each(curve_a, reach), _each(curve_b, reach),
+                             reached=True))
     flagged = [s for s in common if spans_hosts(by_seed_a[s].host, by_seed_b[s].host)]
     if flagged and any(r.host for r in a + b):
         notes.append(f"pairs spanning two hosts (seed {', '.join(map(str, flagged))}): their time differences mix "
@@ -166,6 +164,17 @@ def compare_methods(label: str, ref: str, a: list[RunCurves], b: list[RunCurves]
         notes.append(f"the two methods' accuracies come from different evaluations ({'; '.join(mixed)}): not "
                      "measured alike")
     return {"method": label, "reference": ref, "wall_time": horizon, "rows": rows, "notes": notes}
+
+
+def trained_accuracy_at(curve: Curve, seconds: float) -> Optional[float]:
+    """accuracy_at(curve, T), or None when the run had no evaluation after step 0 by T (it would read the start)."""
+    first = first_trained_eval(curve)
+    return None if first is None or first > seconds else accuracy_at(curve, seconds)
+
+
+def _first_eval_text(curve: Curve) -> str:
+    first = first_trained_eval(curve)
+    return "no evaluation after step 0" if first is None else f"first evaluation after step 0 at {first:.0f} s"
 
 
 def _each(curves: dict, f) -> dict:
@@ -179,7 +188,8 @@ def _row(quantity: str, a: dict, b: dict, reached: bool = False) -> dict:
            "method_mean": statistics.fmean(a[s] for s in p.seeds) if p.n else None,
            "reference_mean": statistics.fmean(b[s] for s in p.seeds) if p.n else None}
     if reached:  # time to target: how many runs got there at all
-        row["reached"] = (sum(v is not None for v in a.values()), len(a), sum(v is not None for v in b.values()), len(b))
+        row["reached"] = (sum(v is not None for v in a.values()), len(a),
+                          sum(v is not None for v in b.values()), len(b))
     return row
 
 
@@ -208,8 +218,8 @@ def render(analysis: dict) -> list[str]:
 def render_phases(analysis: dict) -> list[str]:
     """Markdown lines of Table 3: seconds per step by phase."""
     lines = ["## Table 3: time per optimizer step by phase (seconds, mean over runs and steps)", ""]
-    header = ["method", "step (no eval)", *(p.removeprefix("time_") for p in PHASES[:-1]), "eval (held-out, not in step)",
-              "cache init (once)"]
+    header = ["method", "step (no eval)", *(p.removeprefix("time_") for p in PHASES[:-1]),
+              "eval (held-out, not in step)", "cache init (once)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m, row in analysis["phases"].items():
         cells = [m, _fmt(row["step_s"], 1), *(_fmt(row[p], 1) for p in PHASES), _fmt(row["cache_init_s"], 1)]
@@ -245,7 +255,8 @@ def render_paired(analysis: dict) -> list[str]:
               "a run's last evaluation at or before T, the mean accuracy the trapezoid area under its curve from "
               "0 s (the starting model) to T, divided by T. Time to a target is the first evaluation at or above it "
               "(never an interpolated crossing); its difference is over the pairs where both runs reached it. "
-              "The interval is mean ± t_{0.975, n−1} · sd / √n over the per-seed differences; with 2-3 pairs it is "
+              "The interval is mean ± t_{0.975, n−1} · sd / √n over the per-seed differences; with 2-3 pairs it "
+              "is "
               "wide. A percentile bootstrap over 3 seeds is not an interval and is not used.", ""]
     if analysis["hosts_note"]:
         lines += [analysis["hosts_note"], ""]

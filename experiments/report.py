@@ -727,7 +727,7 @@ EVAL_PLOTS = {"accuracy_vs_train_wall.png": plot_accuracy_vs_train_wall}  # draw
 # =====================================================================================================================
 # entry point
 # =====================================================================================================================
-RUN_RECORD = RUN_FILES + (EVAL_FILE, ".hydra/overrides.yaml",)  # what --copy-runs keeps of a run (never checkpoints/caches)
+RUN_RECORD = RUN_FILES + (EVAL_FILE, ".hydra/overrides.yaml")  # what --copy-runs keeps (never checkpoints/caches)
 
 
 def copy_runs(runs: list[Run], sweep_dir: Path, out_dir: Path) -> None:
@@ -801,7 +801,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="where to write the report (default: SWEEP_DIR)")
     p.add_argument("--baseline", default="grpo", help="method label the ratios divide by (default: grpo)")
     p.add_argument("--copy-runs", action="store_true",
-                   help="also copy each run's config.yaml, .hydra/overrides.yaml, metrics.jsonl and eval.jsonl into OUT/runs/")
+                   help="also copy each run's config.yaml, .hydra/overrides.yaml, metrics.jsonl and eval.jsonl "
+                        "into OUT/runs/")
     p.add_argument("--targets", type=float, nargs="+", default=[],
                    help="accuracies for time to target, fixed before the runs (e.g. --targets 0.40 0.45)")
     p.add_argument("--plateau", type=float, default=None,

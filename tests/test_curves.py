@@ -85,8 +85,8 @@ def test_paired_comparison_by_hand():
     assert any("seed 2" in n and "two hosts" in n for n in c["notes"])
     assert a["hosts_note"].startswith("Hosts mixed: Zen3 (1 run); Zen4 (5 runs)")
     text = "\n".join(render(a))
-    assert "| grpo+RPO vs grpo | time to greedy ≥ 0.45 (s) | 200 (reached in 2/3 runs) | 300 (reached in 3/3 runs) | " \
-           "-100 | [" in text
+    assert ("| grpo+RPO vs grpo | time to greedy ≥ 0.45 (s) | 200 (reached in 2/3 runs) | "
+            "300 (reached in 3/3 runs) | -100 | [") in text
     assert "lower in 3 of 3, higher in 0 | 3 |" in text and "Hosts mixed" in text
     assert "bootstrap over 3 seeds is not an interval" in text
 
