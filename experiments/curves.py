@@ -62,7 +62,7 @@ class RunCurves:
 
     seed: object
     host: Optional[str]  # CPU model it trained on (run_host); None when not recorded
-    source: str  # "rpo-eval (n=.., k=.., T=..)" (eval.jsonl) or "in-run" (metrics.jsonl accuracy)
+    source: str  # "rpo-eval (n=.., k=.., temperature ..)" (eval.jsonl) or "in-run" (metrics.jsonl accuracy)
     greedy: Curve
     sampled: Optional[Curve]  # pass@1 over k samples; only rpo-eval measures it
     metrics: list[dict]
@@ -98,7 +98,7 @@ def run_host(metrics: list[dict]) -> Optional[str]:
 def eval_source(evals: list[dict]) -> str:
     """rpo-eval's settings, as the label that says whether two runs' accuracies are measured alike."""
     r = evals[0]
-    return f"rpo-eval (n={r.get('n_problems')}, k={r.get('k')}, T={r.get('temperature')})"
+    return f"rpo-eval (n={r.get('n_problems')}, k={r.get('k')}, temperature {r.get('temperature')})"
 
 
 def run_curves(seed, metrics: list[dict], evals: list[dict]) -> RunCurves:
@@ -249,8 +249,8 @@ def render_paired(analysis: dict) -> list[str]:
     if not analysis["targets"]:
         lines += ["No targets given (`--targets`): no time to target. Fix targets before the runs; a target read off "
                   "the same runs' finals is reached by about half of them by construction.", ""]
-    lines += ["Accuracy is " + " and ".join("the in-run greedy evaluation's (metrics.jsonl)" if s == "in-run"
-                                             else f"{s}'s (eval.jsonl)" for s in analysis["sources"]) + ". "
+    lines += ["Accuracy from " + " and ".join("the in-run greedy evaluation (metrics.jsonl)" if s == "in-run"
+                                               else f"{s}, eval.jsonl" for s in analysis["sources"]) + ". "
               "T: the end of the shorter of the two methods' runs unless `--wall-time` is given; the accuracy at T is "
               "a run's last evaluation at or before T, the mean accuracy the trapezoid area under its curve from "
               "0 s (the starting model) to T, divided by T. Time to a target is the first evaluation at or above it "

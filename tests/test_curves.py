@@ -45,7 +45,7 @@ def test_eval_rows_give_greedy_and_sampled_curves_and_the_training_host():
     assert run_host(metrics) == "Zen4" and run_host([{"step": 0}]) is None  # rpo-eval's host is not the run's
     assert run_host(metrics + [{"step": 9, "host_cpu": "Zen3"}]) == "Zen4 + Zen3"  # resumed on another machine
     rc = run_curves(1, metrics, evals)
-    assert rc.source == "rpo-eval (n=500, k=4, T=0.7)" and rc.sampled == [(0.0, 0.1), (50.0, 0.25)]
+    assert rc.source == "rpo-eval (n=500, k=4, temperature 0.7)" and rc.sampled == [(0.0, 0.1), (50.0, 0.25)]
     assert rc.host == "Zen4"
     assert run_curves(1, run(None, {0: 0.2, 1: 0.3}), []).source == "in-run"
 

@@ -319,7 +319,7 @@ def test_eval_jsonl_feeds_accuracies_hosts_paired_table_and_plot(eval_sweep: Pat
     report = json.loads((out / "report.json").read_text())
     rows = {(r["method"], r["seed"]): r for r in report["runs"]}
     assert rows[("grpo", 0)]["acc_after"] == 0.6  # rpo-eval's, not the in-run 0.9
-    assert rows[("grpo", 0)]["acc_source"] == "rpo-eval (n=500, k=4, T=0.7)"
+    assert rows[("grpo", 0)]["acc_source"] == "rpo-eval (n=500, k=4, temperature 0.7)"
     assert rows[("grpo+RPO", 1)]["host"] == "Zen3"
     assert any("1 unreadable eval.jsonl line(s) skipped" in n for n in rows[("grpo", 0)]["notes"])
     (c,) = report["curves"][""]["comparisons"]
@@ -331,7 +331,7 @@ def test_eval_jsonl_feeds_accuracies_hosts_paired_table_and_plot(eval_sweep: Pat
     table1 = md.split("## Table 1", 1)[1].split("##", 1)[0]
     assert "Hosts mixed: Zen3 (1 run); Zen4 (3 runs)" in table1
     assert "pairs spanning two hosts (seed 1)" in md
-    assert table_rows(md, "## Runs")[0][-2:] == ["rpo-eval (n=500, k=4, T=0.7)", "Zen4"]
+    assert table_rows(md, "## Runs")[0][-2:] == ["rpo-eval (n=500, k=4, temperature 0.7)", "Zen4"]
     assert any("eval.jsonl holds 2 rpo-eval settings: read n_problems=500" in n for n in rows[("grpo", 0)]["notes"])
     assert "accuracy_vs_train_wall.png" in report["plots"]
     img = mpimg.imread(out / "accuracy_vs_train_wall.png")
