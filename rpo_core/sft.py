@@ -33,6 +33,7 @@ from rpo_core.common.util import step_generator
 from rpo_core.components import seed_everything, setup_logging
 from rpo_core.data import DataError, PromptTemplate, Skips
 from rpo_core.distributed import configure_environment, init_distributed
+from rpo_core.faults import pause_point
 from rpo_core.learner import DeepSpeedLearner
 from rpo_core.metrics import Console, MetricsLogger
 from rpo_core.models import prepare_model
@@ -354,6 +355,7 @@ def train_loop(cfg, learner, tokenizer, examples, pad_id, run, done, total, logg
                         "tokens_per_s": tokens / elapsed, "time_step": elapsed})
         if (s.save_every and step % s.save_every == 0) or step == total:
             checkpoint = save_checkpoint(learner, tokenizer, out, step, run, s.keep_last)
+        pause_point("sft_step", step)  # crash tests: step done, logged and maybe saved; the next not begun
     return checkpoint
 
 
