@@ -40,6 +40,8 @@ setup(
     entry_points={
         "console_scripts": [
             "rpo-train=rpo_core.train:main",
+            "rpo-sft=rpo_core.sft:main",
+            "rpo-eval=rpo_core.evaluate:main",
             "rpo-cache=cache.cli:main",
             "rpo-report=experiments.report:main",
         ]

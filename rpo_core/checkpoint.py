@@ -2,11 +2,13 @@
 name, then renamed). Contents:
 
     hf/            full weights in Hugging Face format (loadable by transformers and vLLM as they are)
+    meta.json      the step and its training wall time (what rpo-eval reads; kept with hf/ by trainer.keep_hf)
     deepspeed/     DeepSpeed engine state: weights and optimizer state, per ZeRO partition
     trainer.pt     the TrainState (step, data position, pending mini-batches, engine step), RNG states, cache state
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -34,6 +36,7 @@ class TrainState:
     engine_step: int = 0  # the policy step whose weights the rollout engine holds
     sync_failures: int = 0  # weight syncs failed in a row
     bad_steps: int = 0  # updates skipped for a non-finite loss in a row
+    train_wall_s: float = 0.0  # training wall time up to the end of `step` (rpo_core.metrics.TrainClock)
 
 
 class CheckpointError(ValueError):
@@ -56,6 +59,21 @@ def complete_checkpoints(output_dir) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and is_complete(p)]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def evaluable_checkpoints(output_dir) -> tuple[list[Path], list[Path]]:
+    """(checkpoints whose weights can be evaluated: hf/ and meta.json present, oldest first; the step_* and temporary
+    folders that lack them: incomplete, to report and skip)."""
+    root = checkpoint_root(output_dir)
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    ready = [p for p in folders if p.name.startswith(PREFIX) and (p / "meta.json").is_file()
+             and (p / "hf" / "model.safetensors").is_file()]
+    return sorted(ready, key=lambda p: int(p.name[len(PREFIX):])), [p for p in folders if p not in ready]
+
+
+def read_meta(path) -> dict:
+    """A checkpoint's meta.json: {"step": int, "train_wall_s": float}."""
+    return json.loads((Path(path) / "meta.json").read_text())
 
 
 def resolve_resume(resume, output_dir) -> Path | None:
@@ -97,6 +115,8 @@ def save_checkpoint(c, state: TrainState, pause=None) -> Path:
             if f.is_file() and f.suffix != ".safetensors" and not f.name.endswith(".bin") and f.name != "rpo_model.json":
                 shutil.copy2(f, tmp / "hf" / f.name)
     del weights
+    if c.rank == 0:
+        (tmp / "meta.json").write_text(json.dumps({"step": state.step, "train_wall_s": state.train_wall_s}))
     _call(pause, "hf_written")
     c.learner.save(str(tmp / "deepspeed"))
     _call(pause, "deepspeed_written")
@@ -110,11 +130,21 @@ def save_checkpoint(c, state: TrainState, pause=None) -> Path:
         os.replace(tmp, final)
         _fsync_dir(final.parent)
         for old in complete_checkpoints(c.output_dir)[: -c.cfg.trainer.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            _prune(old, keep_weights=c.cfg.trainer.keep_hf)
         oldest = complete_checkpoints(c.output_dir)[0]
         c.planner.compact(int(oldest.name[len(PREFIX):]))  # history older than every kept checkpoint is unreachable
     dist.barrier()
     return final
+
+
+def _prune(path: Path, keep_weights: bool) -> None:
+    """Remove an old checkpoint; keep_weights: only its resume state (deepspeed/, trainer.pt: the big part), leaving
+    hf/ and meta.json for off-the-clock evaluation. trainer.pt goes first, so the folder stops being resumable at once."""
+    if not keep_weights:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    (path / "trainer.pt").unlink(missing_ok=True)
+    shutil.rmtree(path / "deepspeed", ignore_errors=True)
 
 
 def load_checkpoint(c, path: Path) -> TrainState:

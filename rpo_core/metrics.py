@@ -52,6 +52,43 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # no /proc: the lifetime peak (KiB)
 
 
+def host_cpu() -> str:
+    """The CPU this process runs on, e.g. 'AMD EPYC 9R14 (family 25, model 17, 2 cores)': timings compare only within
+    one host, so every run records it."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "unknown"
+    return (f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')}, {os.cpu_count()} cores)")
+
+
+class TrainClock:
+    """Training wall time: seconds since the run started (engine start and RPO cache init included) plus what earlier
+    attempts of the run had trained, minus the time spent evaluating and checkpointing (`with clock.off(): ...`).
+    trainer.time_budget_s and trainer.save_every_s count this clock, so evaluation never eats a run's budget."""
+
+    def __init__(self, trained_before: float = 0.0):
+        self.start, self.before, self.excluded = time.perf_counter(), trained_before, 0.0
+
+    def resume_from(self, trained_before: float) -> None:
+        self.before = trained_before
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start - self.excluded
+
+    @contextmanager
+    def off(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
+
+
 class PhaseTimer:
     """Wall time of each named phase of a step: `with timer("rollout"): ...` -> {"time_rollout": s}."""
 

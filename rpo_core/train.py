@@ -2,7 +2,9 @@
 
     collect (rollout -> reward) -> update -> sync -> remember (planner/cache) -> eval -> log -> checkpoint
 
-One rollout may feed several optimizer steps (RAPID's H mini-batches wait in `state.pending`)."""
+One rollout may feed several optimizer steps (RAPID's H mini-batches wait in `state.pending`). The training clock
+(`train_wall_s` in every metrics row) runs through everything but evaluation and checkpoints: trainer.time_budget_s
+ends the run at the first step boundary past it, and trainer.save_every_s checkpoints on its grid."""
 from __future__ import annotations
 
 import logging
@@ -36,9 +38,11 @@ from rpo_core.components import Components, build_components
 from rpo_core.config import ConfigError, validate_config
 from rpo_core.data import DataError
 from rpo_core.distributed import configure_environment
+from rpo_core.evaluate import greedy_eval
 from rpo_core.faults import pause_point
 from rpo_core.learner import computed_rows
-from rpo_core.metrics import PhaseTimer, format_step_line, peak_memory_gb, reset_peak_memory
+from rpo_core.metrics import (PhaseTimer, TrainClock, format_step_line, host_cpu, peak_memory_gb,
+                              reset_peak_memory)
 from rpo_core.models import ModelNotFoundError
 
 log = logging.getLogger("rpo")
@@ -106,7 +110,8 @@ def reward_phase(c: Components, batch: RolloutBatch, tally: Tally) -> None:
     scored = c.scorer.score(texts, [gold for gold in batch.golds for _ in range(G)])
     lengths = [len(s.response_ids) for s in batch.samples]
     batch.rewards, batch.reward_parts = compose_rewards(scored.correct, scored.has_answer, lengths, G, c.cfg.reward,
-                                                        word_counts=word_counts(texts))
+                                                        word_counts=word_counts(texts),
+                                                        char_counts=[len(t) for t in texts])
     batch.correct = [float(x) for x in scored.correct]
     tally.counts.update(scored.stats)
     # groups whose rewards are all equal carry no advantage (DAPO drops them; the others train on zeros)
@@ -187,7 +192,8 @@ def update_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
     return {**result.stats, "grad_norm": result.grad_norm, "update_skipped": float(result.skipped),
             "logprob_mismatch": float(mismatch), "learner_rows_skipped": len(tb) - result.rows_computed,
             "response_len_mean": float(tb.response_mask.sum(1).mean()),
-            "advantage_abs_mean": float(tb.advantages.abs().mean())}
+            # RAPID forms its advantages inside the loss (they depend on the current policy) and reports them there
+            "advantage_abs_mean": result.stats.get("advantage_abs_mean", float(tb.advantages.abs().mean()))}
 
 
 def shard_groups(c: Components, num_groups: int) -> list[int]:
@@ -246,13 +252,10 @@ def remember_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
 
 
 def eval_phase(c: Components) -> dict:
-    """Greedy accuracy on the held-out problems (fixed order, temperature 0)."""
-    problems = c.eval_problems
-    requests = [GenerationRequest(list(p.prompt_ids), 1, c.cfg.trainer.eval_max_new_tokens, 0) for p in problems]
-    gens = c.engine.generate(requests, temperature=0.0)
-    scored = c.scorer.score([g[0].text for g in gens], [p.gold for p in problems])
-    return {"accuracy": sum(scored.correct) / max(1, len(problems)),
-            "eval_response_len": sum(len(g[0].token_ids) for g in gens) / max(1, len(gens))}
+    """Greedy accuracy on the held-out problems (fixed order, temperature 0), as rpo-eval measures it."""
+    result = greedy_eval(c.engine, c.scorer, c.eval_problems, c.cfg.trainer.eval_max_new_tokens)
+    return {"accuracy": result.accuracy, "eval_response_len": result.response_len,
+            "eval_direct_answer_share": result.direct_answer_share, "eval_digest": result.digest}
 
 
 def step_record(c: Components, mb: RolloutBatch, stats: dict, timer: PhaseTimer, t_step: float, t_run: float) -> dict:
@@ -287,9 +290,12 @@ def _per_second(count: float, seconds: float | None) -> float | None:
 # the loop
 # =====================================================================================================================
 def train(cfg: DictConfig) -> dict:
+    clock = TrainClock()  # started before the engine and the RPO cache init: both count as training time
     c = build_components(cfg)
     try:
-        return _train(c, resume(c))
+        state = resume(c)
+        clock.resume_from(state.train_wall_s)
+        return _train(c, state, clock)
     finally:
         c.close()
 
@@ -307,16 +313,25 @@ def resume(c: Components) -> TrainState:
     return state
 
 
-def _train(c: Components, state: TrainState) -> dict:
+def _train(c: Components, state: TrainState, clock: TrainClock) -> dict:
     cfg, total, t_run, last = c.cfg, c.cfg.trainer.total_steps, time.perf_counter(), {}
     if state.step == 0 and c.rank == 0:
-        record = {"step": 0, **eval_phase(c)}
+        with clock.off():
+            record = {"step": 0, **eval_phase(c)}
+    if state.step == 0:  # start-up (engine, learner, RPO cache init) is training time, on every rank
+        state.train_wall_s = training_time(c, clock)
+    if state.step == 0 and c.rank == 0:
+        record.update(train_wall_s=state.train_wall_s, host_cpu=host_cpu())
         if c.cache_init:  # one-off cost, reported apart from training time as the RPO paper does
             record.update(cache_init_seconds=c.cache_init["seconds"], cache_init_tokens=c.cache_init["generated_tokens"])
         c.logger.log(record)
         c.console.say(f"step    0 | accuracy before training {record['accuracy']:.3f} on {len(c.eval_problems)} problems")
+    resumed_at = state.step
     for step in c.console.progress(range(state.step + 1, total + 1)):
         timer, t_step, stats = PhaseTimer(), time.perf_counter(), {"step": step}
+        if resumed_at and step == resumed_at + 1:
+            stats["host_cpu"] = host_cpu()  # the host of every attempt of a run is on record
+        trained_before = state.train_wall_s
         reset_peak_memory()
         if not state.pending:
             state.pending, collected = collect_phase(c, state, step, timer)
@@ -340,16 +355,40 @@ def _train(c: Components, state: TrainState) -> dict:
                                    f"(trainer.max_bad_steps)")
         else:
             stats["empty_batch"] = 1.0  # nothing to train on (every group had equal rewards): no update, no sync
-        if c.rank == 0 and ((cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0) or step == total):
-            with timer("eval"):
+        state.train_wall_s = stats["train_wall_s"] = training_time(c, clock)
+        out_of_time = bool(cfg.trainer.time_budget_s) and state.train_wall_s >= cfg.trainer.time_budget_s
+        final = step == total or out_of_time
+        if c.rank == 0 and ((cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0) or final):
+            with timer("eval"), clock.off():
                 stats.update(eval_phase(c))
         if c.rank == 0:
             last = c.logger.log(step_record(c, mb, stats, timer, t_step, t_run))
             c.console.say(format_step_line(last))
-        if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or step == total:
-            path = save_checkpoint(c, state, pause=lambda point: pause_point(f"checkpoint_{point}", step))
+        if final or on_save_grid(cfg.trainer, step, trained_before, state.train_wall_s):
+            with clock.off():
+                path = save_checkpoint(c, state, pause=lambda point: pause_point(f"checkpoint_{point}", step))
             c.console.say(f"checkpoint {path}")
+        if out_of_time:
+            c.console.say(f"time budget reached: {state.train_wall_s:.0f}s of training >= trainer.time_budget_s="
+                          f"{cfg.trainer.time_budget_s} after step {step}")
+            break
     return last
+
+
+def training_time(c: Components, clock: TrainClock) -> float:
+    """Rank 0's training clock, on every rank: the budget and the checkpoint grid must stop every rank at one step."""
+    box = [clock.seconds()]
+    if c.world_size > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_save_grid(trainer_cfg, step: int, trained_before: float, trained: float) -> bool:
+    """A checkpoint after this step: every save_every steps, or when the training clock crossed a multiple of
+    save_every_s during it."""
+    by_steps = bool(trainer_cfg.save_every) and step % trainer_cfg.save_every == 0
+    grid = trainer_cfg.save_every_s
+    return by_steps or bool(grid) and int(trained // grid) > int(trained_before // grid)
 
 
 # An absolute path: the config folder sits beside the packages, whether run as `rpo-train` or `python -m`.

@@ -116,6 +116,9 @@ BAD = [
     (["trainer.eval_every=-1"], "trainer.eval_every=-1 must be >= 0"),
     (["trainer.save_every=-10"], "trainer.save_every=-10 must be >= 0"),
     (["trainer.keep_last=0"], "trainer.keep_last=0 must be >= 1"),
+    (["trainer.time_budget_s=0"], "trainer.time_budget_s=0 must be > 0.0"),
+    (["trainer.save_every_s=-60"], "trainer.save_every_s=-60 must be > 0.0"),
+    (["trainer.keep_hf=sometimes"], "trainer.keep_hf='sometimes' must be true or false"),
     (["trainer.max_bad_steps=0"], "trainer.max_bad_steps=0 must be >= 1"),
     (["trainer.resume=/nonexistent/rpo_run/checkpoints/step_000010"],
      "trainer.resume='/nonexistent/rpo_run/checkpoints/step_000010' is not a complete checkpoint "
@@ -182,6 +185,7 @@ def test_experiment_bundles_validate_with_rpo(experiment, algorithm):
     ["algorithm=dr_grpo", "rollout.group_size=1"],  # no std normalisation: the G=1 refusal applies to GRPO's std only
     ["algorithm.clip_low=0.0", "algorithm.clip_high=0.0", "algorithm.dual_clip=3.0", "algorithm.kl_coef=0.1"],
     ["trainer.eval_every=0", "trainer.save_every=0", "trainer.keep_last=1", "trainer.eval_size=null"],
+    ["trainer.time_budget_s=600", "trainer.save_every_s=120", "trainer.keep_hf=true"],
     ["trainer.resume=auto"], ["trainer.resume=null"],
     ["rollout=hf", "rollout.temperature=0.01", "rollout.dtype=auto"],
     ["device=cuda", "learner.backend=nccl", "learner.dtype=bfloat16"],
