@@ -1,6 +1,7 @@
 # make train : set up .venv (if missing), prepare the model, run the default GRPO training run (shared-prefix learner)
 # make test  : set up .venv (if missing) and run the test suite: the fast tier and the full end-to-end tier (CI)
 # make test-fast : the fast tier only (unit tests; no end-to-end vLLM + DeepSpeed runs)
+# make warm-start : SFT the model on data=compositional's traces into .cache/models/compositional-warm (RL's reasoner start)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +13,7 @@ export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup train test test-fast bench clean-cache
+.PHONY: setup train test test-fast warm-start bench clean-cache
 
 setup: $(STAMP)
 
@@ -40,6 +41,10 @@ test: setup
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not full" tests $(ARGS)
+
+# The warm-started reasoner of the RPO vs GRPO comparison (issue 28): deterministic, skipped when already complete.
+warm-start: setup
+	$(PY) experiments/make_warm_start.py $(ARGS)
 
 bench: setup
 	$(PY) experiments/bench_rollout.py
