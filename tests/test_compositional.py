@@ -1,6 +1,7 @@
 """data.source=compositional: deterministic disjoint splits, arithmetically correct traces, the Answer-line reward."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -198,3 +199,16 @@ def test_the_config_loads_through_load_problems(tokenizer):
     prompt = tokenizer.decode(splits.test[0].prompt_ids)
     assert cfg.prompt_template.replace("{question}", splits.test[0].question) in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
+
+
+# ------------------------------------------------------------------------------------------------- warm start
+def test_the_warm_start_jsonl_is_the_sft_split_and_stable(tmp_path):
+    from experiments.make_warm_start import write_sft_jsonl
+
+    cfg = data_cfg(n_test=50, n_train=100, n_sft=20)
+    path = write_sft_jsonl(cfg, tmp_path)
+    assert write_sft_jsonl(cfg, tmp_path / "again").read_bytes() == path.read_bytes()  # same config, same file
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    test, train, sft = generate_compositional(cfg)
+    assert rows == [{"prompt": cfg.prompt_template.replace("{question}", q), "response": t} for q, _, t in sft]
+    assert not {row["prompt"] for row in rows} & {cfg.prompt_template.replace("{question}", q) for q, _, _ in test + train}
