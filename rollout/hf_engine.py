@@ -1,6 +1,7 @@
 """Rollouts with transformers `generate`: same interface as the vLLM engine, for comparison and debugging."""
 from __future__ import annotations
 
+import os
 from typing import Iterable, Sequence
 
 import torch
@@ -12,7 +13,10 @@ from rpo_core.common.util import DTYPES
 
 class HFEngine:
     def __init__(self, model_path: str, cfg, seed: int):
+        self.device = engine_device(cfg.device)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES.get(cfg.dtype, "auto")).eval()
+        self.model.to(self.device)
+        self.ignore_eos = cfg.ignore_eos
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(_as_list(self.model.generation_config.eos_token_id) or [self.tokenizer.eos_token_id])
@@ -32,9 +36,11 @@ class HFEngine:
         seed = requests[0].seed if requests and requests[0].seed is not None else self.seed
         torch.manual_seed(seed)
         greedy = temperature == 0
+        # eos_token_id=None: no stop at EOS (the model's generation config would otherwise supply its EOS ids)
+        stop_at = {"eos_token_id": None} if self.ignore_eos else {}
         out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
             max_new_tokens=budget,
             do_sample=not greedy,
             temperature=None if greedy else temperature,
@@ -43,6 +49,7 @@ class HFEngine:
             pad_token_id=self.pad_id,
             output_scores=True,
             return_dict_in_generate=True,
+            **stop_at,
         )
         new = out.sequences[:, width:]
         logprobs = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
@@ -51,7 +58,7 @@ class HFEngine:
             group = []
             for _ in range(r.n):
                 ids, lps = new[k].tolist(), logprobs[k].tolist()
-                stop = next((j + 1 for j, t in enumerate(ids) if t in self.eos_ids), None)
+                stop = None if self.ignore_eos else next((j + 1 for j, t in enumerate(ids) if t in self.eos_ids), None)
                 keep = min(stop or len(ids), r.max_new_tokens)
                 finished = stop is not None and stop <= r.max_new_tokens
                 text = self.tokenizer.decode(ids[:keep], skip_special_tokens=True)
@@ -74,11 +81,16 @@ class HFEngine:
 
     @torch.no_grad()
     def sequence_logprobs(self, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> list[float]:
-        ids = torch.tensor([list(prompt_ids) + list(response_ids)])
+        ids = torch.tensor([list(prompt_ids) + list(response_ids)], device=self.device)
         logp = torch.log_softmax(self.model(ids).logits[0, :-1].float(), dim=-1)
         targets = ids[0, 1:]
         token_logp = logp.gather(-1, targets[:, None])[:, 0]
         return token_logp[len(prompt_ids) - 1 :].tolist()
+
+
+def engine_device(name: str) -> torch.device:
+    """rollout.device as a torch device: cuda is this rank's GPU (LOCAL_RANK, set by the launcher or rpo-train)."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if name == "cuda" else torch.device(name)
 
 
 def _as_list(x):
