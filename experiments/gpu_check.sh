@@ -20,9 +20,9 @@ mkdir -p "$OUT"
 if [ "$DEVICE" = cpu ]; then
     PY=${PYTHON:-.venv/bin/python}
 else
-    PY=${PYTHON:-python}
+    PY=${PYTHON:-$(command -v python || command -v python3)}
     # Satisfied requirements stay as the image has them; PIP_BREAK_SYSTEM_PACKAGES: a disposable machine's system Python.
-    want=(deepspeed==0.19.8 "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3" "transformers>=5.19,<6" "accelerate>=1.0")
+    want=(deepspeed==0.19.8 "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3" "transformers>=5.19,<6")
     PIP_BREAK_SYSTEM_PACKAGES=1 $PY -m pip install --quiet --no-index --find-links "$carry/wheels" "${want[@]}" \
         || PIP_BREAK_SYSTEM_PACKAGES=1 $PY -m pip install --quiet --user --no-index --find-links "$carry/wheels" "${want[@]}" \
         || { echo "offline install from $carry/wheels failed (python $($PY -V 2>&1))" | tee "$OUT/gpu_check.txt"; exit 1; }

@@ -11,9 +11,12 @@ from dataclasses import fields
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer, models
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import compose
+from rollout import GenerationRequest
+from rollout.hf_engine import HFEngine
 from rpo_core.learner import policy_logprobs
 from test_learner import _mixed_lengths_batch
 
@@ -53,14 +56,34 @@ def world():
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> str:
-    """A seeded 2-layer Llama (vocab 1024: the batch's ids are < 1000), no tokenizer needed."""
+    """A seeded 2-layer Llama (vocab 1024: the batch's ids are < 1000) with a word-level tokenizer over its ids."""
     config = LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          tie_word_embeddings=True)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("gpu_model")
     LlamaForCausalLM(config).save_pretrained(path)
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(1024)}, unk_token="t0"))
+    PreTrainedTokenizerFast(tokenizer_object=words, eos_token="t2", pad_token="t2").save_pretrained(path)
     return str(path)
+
+
+def test_the_hf_engine_samples_on_the_device_with_the_models_logprobs(model_path):
+    """rollout=hf on the run's device: the model sits there, and the logprob it reports for each sampled token is the
+    fp32 CPU model's (1e-4: fp32 on both sides, as in TOLERANCE)."""
+    cfg = compose("rollout=hf", f"device={DEVICE}", "rollout.ignore_eos=true")
+    engine = HFEngine(model_path, cfg.rollout, seed=0)
+    assert engine.model.device.type == DEVICE
+    prompt = list(range(10, 20))
+    samples = engine.generate([GenerationRequest(prompt, 2, 8, seed=0)], temperature=1.0)[0]
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    for sample in samples:
+        assert len(sample.token_ids) == 8
+        ids = torch.tensor([prompt + sample.token_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, len(prompt) - 1 : -1], dim=-1)
+        expected = logp.gather(-1, ids[0, len(prompt):, None])[:, 0]
+        assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4), (sample.logprobs, expected)
 
 
 def _setting(*overrides):
