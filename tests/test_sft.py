@@ -242,3 +242,17 @@ def test_a_killed_run_resumes_bit_exactly(uninterrupted, train_file, tiny_model_
            [{k: v for k, v in r.items() if k not in drop} for r in metrics(uninterrupted)]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000008", "step_000009"]  # keep_last=2
 
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_scheduled_lr_is_the_one_the_optimizer_steps_with(dist, tiny_model_path, tokenizer, examples, dtype):
+    """set_lr reaches the optimizer DeepSpeed wraps for each dtype: lr 0 leaves the weights as they were."""
+    learner = make_learner(tiny_model_path, dtype=dtype)
+    before = {n: t.clone() for n, t in learner.full_weights()}
+    rows = list(range(len(examples)))
+    record = train_step(learner, examples, rows, tokenizer.pad_token_id, 0.0, rank=0, world_size=1)
+    assert record["lr"] == learner.engine.get_lr()[0] == 0.0
+    assert all(torch.equal(before[n], t) for n, t in learner.full_weights())
+    train_step(learner, examples, rows, tokenizer.pad_token_id, 1e-3, rank=0, world_size=1)
+    assert learner.engine.get_lr()[0] == 1e-3
+    assert any(not torch.equal(before[n], t) for n, t in learner.full_weights())
