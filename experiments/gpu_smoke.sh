@@ -7,6 +7,7 @@
 #   bash experiments/gpu_smoke.sh model=path model.path=/ckpt/qwen2.5-0.5b-instruct
 #
 # Written for GPU machines and not run on the CPU-only machines this project is developed on: report what it prints.
+# The vLLM-free GPU path (rollout=hf, ZeRO-0/2, fp32 and bf16, checkpoint and resume) is checked by experiments/gpu_check.sh.
 # The vLLM engine shares the GPU with the learner: rollout.gpu_memory_utilization is the share it may take.
 set -euo pipefail
 cd "$(dirname "$0")/.."
