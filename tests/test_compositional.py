@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT
 from rewards import RewardScorer
-from rpo_core.data import compositional_trace, generate_compositional, load_problems
+from experiments.make_warm_start import write_sft_jsonl
+from rpo_core.data import DataError, compositional_trace, generate_compositional, load_problems
 
 EXPRESSION = re.compile(r"^[\d*+ ]+$")
 COLUMN_LINE = re.compile(r"^(\d+) ([+-]) (\d+): (.+), so (\d+)$")
@@ -117,8 +118,6 @@ def test_generation_is_deterministic_and_the_splits_disjoint():
 
 
 def test_too_few_distinct_questions_is_an_error():
-    from rpo_core.data import DataError
-
     # a, c, d in [1, 2] and b = 1: 8 distinct questions
     with pytest.raises(DataError, match="only 8 distinct questions"):
         generate_compositional(data_cfg(min_operand=1, max_operand=2, min_factor=1, max_factor=1, n_test=5, n_train=4,
@@ -203,8 +202,6 @@ def test_the_config_loads_through_load_problems(tokenizer):
 
 # ------------------------------------------------------------------------------------------------- warm start
 def test_the_warm_start_jsonl_is_the_sft_split_and_stable(tmp_path):
-    from experiments.make_warm_start import write_sft_jsonl
-
     cfg = data_cfg(n_test=50, n_train=100, n_sft=20)
     path = write_sft_jsonl(cfg, tmp_path)
     assert write_sft_jsonl(cfg, tmp_path / "again").read_bytes() == path.read_bytes()  # same config, same file
