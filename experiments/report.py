@@ -6,8 +6,8 @@
     rpo-report SWEEP_DIR --targets 0.40 0.45 --wall-time 600          # targets and T fixed before the runs
 
 Every directory under SWEEP_DIR holding config.yaml, metrics.jsonl or error.txt is one run. A run is "ok" when it
-has no error.txt and its metrics reach trainer.total_steps with an accuracy before and after training; any other
-run is a FAILED row with its reason (never dropped). Method rows aggregate the ok runs over seeds. A run's
+has no error.txt and its metrics reach trainer.total_steps (or trainer.time_budget_s of train_wall_s) with an accuracy
+before and after training; any other run is a FAILED row with its reason (never dropped). Method rows aggregate the ok runs over seeds. A run's
 eval.jsonl (`rpo-eval`, off the clock) supplies its accuracies when present, else its in-run evaluations do.
 
 Definitions (per run; a method row shows mean +- sample std over its ok runs):
@@ -269,8 +269,11 @@ def summarize_run(run: Run) -> dict:
         problems.append("no metrics.jsonl records")
     if not run.config:
         problems.append("no config.yaml")
-    if total_steps is not None and steps and last["step"] < total_steps:
-        problems.append(f"stopped at step {last['step']} of {total_steps}")
+    budget = dig(run.config, "trainer.time_budget_s")
+    spent = budget is not None and (last.get("train_wall_s") or 0.0) >= budget  # stopped by trainer.time_budget_s
+    if total_steps is not None and steps and last["step"] < total_steps and not spent:
+        problems.append(f"stopped at step {last['step']} of {total_steps}" +
+                        (f" before its time budget ({budget} s of training)" if budget is not None else ""))
     required = [k for k in SUMMARY_NUMBERS if not (k == "cache_init_s" and not rpo)]
     missing = [k for k in required if s[k] is None]
     if run.metrics and missing:

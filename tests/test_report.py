@@ -353,3 +353,19 @@ def test_runs_without_eval_jsonl_keep_the_old_plots(sweep: Path, tmp_path: Path)
     assert "accuracy_vs_train_wall.png" not in report["plots"]
     assert not (tmp_path / "accuracy_vs_train_wall.png").exists()
     assert "Host CPU not recorded" in (tmp_path / "report.md").read_text()
+
+
+def test_a_run_stopped_by_its_time_budget_is_complete(tmp_path: Path):
+    """trainer.time_budget_s ends a run before trainer.total_steps: ok once train_wall_s reached the budget, an
+    incomplete run (killed) before that."""
+    d = tmp_path / "sweep"
+    for name, last_wall in (("spent", 10.5), ("killed", 9.0)):
+        job = write_run(d / name, "grpo", 0, acc=(0.25, 0.5), total_steps=1000,
+                        steps=[{**gen(80, 4, 6), "train_wall_s": 4.0}, {**gen(80, 4, 6), "train_wall_s": last_wall}])
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        config["trainer"]["time_budget_s"] = 10.0
+        (job / "config.yaml").write_text(yaml.safe_dump(config))
+    status = {Path(r["path"]).name: r for r in rep.build_report(d, tmp_path / "out")["runs"]}
+    assert status["spent"]["status"] == "ok", status["spent"]["error"]
+    assert status["killed"]["status"] == "FAILED"
+    assert "stopped at step 2 of 1000 before its time budget (10.0 s of training)" in status["killed"]["error"]
