@@ -32,7 +32,7 @@ from rollout import GenerationRequest, RolloutEngine, build_engine
 from rpo_core.checkpoint import evaluable_checkpoints, read_meta
 from rpo_core.common.checks import ConfigError, integer, number
 from rpo_core.common.types import Problem
-from rpo_core.common.util import stable_seed
+from rpo_core.common.util import exit_2_on, stable_seed
 from rpo_core.data import DataError, load_problems
 from rpo_core.distributed import configure_environment
 from rpo_core.metrics import host_cpu
@@ -296,11 +296,7 @@ USER_ERRORS = (ConfigError, DataError, EvalError, ModelNotFoundError)
 @hydra.main(version_base=None, config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     configure_environment(cfg.device)
-    try:
-        evaluate(cfg)
-    except USER_ERRORS as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_2_on(USER_ERRORS, evaluate, cfg)
 
 
 def main() -> None:

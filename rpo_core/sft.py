@@ -29,7 +29,7 @@ from rpo_core.checkpoint import (CheckpointError, _fsync_dir, _fsync_tree, check
 from rpo_core.common.batching import TrainBatch, to_train_batch
 from rpo_core.common.checks import ConfigError, boolean, choice, get, integer, is_number, number
 from rpo_core.common.types import RolloutBatch, Sample
-from rpo_core.common.util import step_generator
+from rpo_core.common.util import exit_2_on, step_generator
 from rpo_core.components import seed_everything, setup_logging
 from rpo_core.data import DataError, PromptTemplate, Skips
 from rpo_core.distributed import configure_environment, init_distributed
@@ -368,11 +368,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     configure_environment(cfg.device)
-    try:
-        sft(cfg)
-    except USER_ERRORS as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_2_on(USER_ERRORS, sft, cfg)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +29,15 @@ def child_env(**extra: str) -> dict:
     which would make the child join (and collide with) this process's distributed world."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     return {**env, **extra}
+
+
+def run_cli(module: str, *args: str, check: bool = True) -> "subprocess.CompletedProcess":
+    """`python -m module args...` from the repository root in a child environment; check: fail with its output."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env=child_env())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
 
 
 @pytest.fixture(scope="session")

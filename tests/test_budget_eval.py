@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import child_env
+from conftest import run_cli
 from test_train_e2e import metrics, rpo_train
 
 pytestmark = pytest.mark.full
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def rpo_eval(*overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "rpo_core.evaluate", *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=child_env())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rpo-eval failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+    return run_cli("rpo_core.evaluate", *overrides, check=check)
 
 
 def eval_rows(out: Path) -> list[dict]:

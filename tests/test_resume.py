@@ -25,10 +25,11 @@ pytestmark = pytest.mark.full
 STEPS = 4
 RUN = ["rpo.enabled=true", "rpo.max_truncate=8", f"trainer.total_steps={STEPS}", "trainer.save_every=1",
        "trainer.keep_last=2", "trainer.eval_every=2"]
-# Wall-clock measurements differ between any two runs; the reward verdict cache lives in memory, so after a resume
-# it starts cold and its hit/worker-call counters differ (the verdicts do not).
-VOLATILE = ("time_", "wall_time", "peak_rss_gb", "rollout_tokens_per_s", "train_tokens_per_s", "cache_init_seconds",
-            "reward_seconds", "reward_cache_hits", "reward_worker_calls")
+# Wall-clock measurements differ between any two runs (train_wall_s among them); the reward verdict cache lives in
+# memory, so after a resume it starts cold and its hit/worker-call counters differ (the verdicts do not); the first
+# step of every attempt records its host (host_cpu), so a resumed run has one such field more.
+VOLATILE = ("time_", "wall_time", "train_wall_s", "peak_rss_gb", "rollout_tokens_per_s", "train_tokens_per_s",
+            "cache_init_seconds", "reward_seconds", "reward_cache_hits", "reward_worker_calls", "host_cpu")
 
 
 def comparable(rows: list[dict]) -> list[dict]:

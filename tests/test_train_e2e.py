@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import child_env
+from conftest import child_env, run_cli
 
 pytestmark = pytest.mark.full
 
@@ -25,11 +25,7 @@ SMALL = ["model=tiny", "data=parity", "trainer.eval_size=8", "algorithm.train_ba
 
 
 def rpo_train(out: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "rpo_core.train", *SMALL, f"trainer.output_dir={out}", *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=child_env())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rpo-train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+    return run_cli("rpo_core.train", *SMALL, f"trainer.output_dir={out}", *overrides, check=check)
 
 
 def metrics(out: Path) -> list[dict]:

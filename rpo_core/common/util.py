@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -29,3 +30,13 @@ def package_dir(package: str) -> Optional[Path]:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(spec.submodule_search_locations[0])
+
+
+def exit_2_on(errors: tuple[type[BaseException], ...], run, *args) -> None:
+    """run(*args); one of `errors` (bad input the user can fix) prints 'error: Type: message' and exits with code 2,
+    without a traceback. The command-line entry points share it."""
+    try:
+        run(*args)
+    except errors as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)
