@@ -47,6 +47,14 @@ def tiny_model_path() -> str:
     return prepare_model(compose("model=tiny").model)
 
 
+def fresh_world_group() -> None:
+    """Before each DeepSpeed engine in a test process: DeepSpeed caches a clone of the world group, which a later
+    engine may find unregistered ('Group ... is not registered') once an earlier one is gone."""
+    import deepspeed.utils.groups
+
+    deepspeed.utils.groups._WORLD_GROUP = None
+
+
 @pytest.fixture(scope="session")
 def dist():
     """A single-process gloo world, set up the way rpo-train does it (before any engine is built)."""

@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import compose
+from conftest import compose, fresh_world_group
 from rollout import GenerationRequest
 from rollout.hf_engine import HFEngine
 from rpo_core.learner import policy_logprobs
@@ -135,8 +135,6 @@ SETTINGS = [(zero, dtype, "chunked") for zero in (0, 2) for dtype in ("float32",
 def test_a_learner_step_on_the_device_matches_the_cpu_step(world, model_path, zero_stage, dtype, path):
     """ZeRO-0/2 x fp32/bf16 on the default logprob path (chunked output layer); the other paths (full logits, both
     shared-prefix forms, whose packing is host work) in fp32 under ZeRO-0."""
-    import deepspeed.utils.groups
-
     from rpo_core.learner import DeepSpeedLearner
 
     paths = {"chunked": [], "full_logits": ["learner.logprob_chunk=0"], "shared_packed": ["learner.shared_prefix=true"],
@@ -147,7 +145,7 @@ def test_a_learner_step_on_the_device_matches_the_cpu_step(world, model_path, ze
     cpu_logp, cpu_loss, cpu_norm = _cpu_step(model_path, tb, cfg, algorithm)
     assert cpu_norm > 1e-3, "the loss gives no gradient: the comparison below would check nothing"
 
-    deepspeed.utils.groups._WORLD_GROUP = None  # a fresh clone of the world group for each engine
+    fresh_world_group()
     learner = DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, temperature=1.0, world_size=1)
     assert learner.device.type == DEVICE
     seen = []

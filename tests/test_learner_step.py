@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, child_env, compose
+from conftest import ROOT, child_env, compose, fresh_world_group
 from test_learner import _mixed_lengths_batch
 
 pytestmark = pytest.mark.full
@@ -29,10 +29,9 @@ def _row_mean_loss(logp, mb):
 
 
 def _learner(model_path, *overrides, world_size=1):
-    import deepspeed.utils.groups
     from rpo_core.learner import DeepSpeedLearner
 
-    deepspeed.utils.groups._WORLD_GROUP = None  # a fresh clone of the world group for each engine
+    fresh_world_group()
     cfg = compose("model=tiny", "learner.optim.lr=1e-3", "learner.optim.grad_clip=0", *overrides)
     return DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, temperature=1.0, world_size=world_size)
 

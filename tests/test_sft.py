@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, child_env, compose
+from conftest import ROOT, child_env, compose, fresh_world_group
 from rpo_core.data import DataError, PromptTemplate
 from rpo_core.learner import DeepSpeedLearner
 from rpo_core.sft import (Example, batch_rows, learning_rate, mean_nll, nll_loss, publish_final, read_rows,
@@ -72,6 +72,7 @@ def sft_cfg(**learner):
 
 def make_learner(path: str, **learner) -> DeepSpeedLearner:
     node, optim = sft_cfg(**learner)
+    fresh_world_group()
     return DeepSpeedLearner(path, node, optim, temperature=1.0)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import compose
+from conftest import compose, fresh_world_group
 
 pytestmark = pytest.mark.full
 
@@ -32,11 +32,7 @@ def _fixed_batch(tokenizer):
 def test_sync_makes_vllm_match_the_learner(engine, tiny_model_path, stage):
     from rpo_core.learner import DeepSpeedLearner, response_logprobs
 
-    import deepspeed.utils.groups
-
-    # DeepSpeed caches its clone of the world group; an in-process vLLM engine built by an earlier test may have
-    # replaced the process groups, leaving that clone unregistered. A fresh clone is made on demand.
-    deepspeed.utils.groups._WORLD_GROUP = None
+    fresh_world_group()  # an in-process vLLM engine built by an earlier test may have replaced the process groups
     cfg = compose("model=tiny", f"learner.zero_stage={stage}", "learner.optim.lr=1e-2")
     learner = DeepSpeedLearner(tiny_model_path, cfg.learner, cfg.learner.optim, temperature=1.0)
     engine.load_weights(learner.full_weights())  # start both from the same weights (earlier tests may have moved vLLM)
