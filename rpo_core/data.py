@@ -128,13 +128,10 @@ def split_file(cfg, split: str) -> Path:
     return path
 
 
-def read_rows(cfg, split: str) -> tuple[list[tuple[str, str]], Skips]:
-    """(question, normalized gold) rows of one split file; malformed rows are counted by reason and skipped."""
-    path = split_file(cfg, split)
-    skips, rows, n_lines = Skips(), [], 0
-    extract_gold = gold_extractor(split_option(cfg, split, "gold_format"))
-    question_field = split_option(cfg, split, "question_field")
-    answer_field = split_option(cfg, split, "answer_field")
+def jsonl_objects(path: Path, skips: Skips) -> tuple[list[tuple[int, str, dict]], int]:
+    """((line number, 'file:line', object) of every line of a JSONL file that is a JSON object, the number of
+    non-blank lines). Blank lines are not rows; the others are counted in `skips` (not_utf8, bad_json, not_an_object)."""
+    objects, n_lines = [], 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
@@ -154,20 +151,33 @@ def read_rows(cfg, split: str) -> tuple[list[tuple[str, str]], Skips]:
             if not isinstance(obj, dict):
                 skips.add("not_an_object", f"{where}: {line[:80]!r}")
                 continue
-            question, answer = obj.get(question_field), obj.get(answer_field)
-            if not isinstance(question, str) or not question.strip() or answer is None:
-                skips.add("missing_field", f"{where}: needs {question_field!r} and {answer_field!r}")
-                continue
-            answer = str(answer)
-            if not answer.strip():
-                skips.add("empty_answer", f"{where}")
-                continue
-            try:
-                gold = extract_gold(answer)
-            except ValueError as e:
-                skips.add("bad_gold", f"{where}: {e}")
-                continue
-            rows.append((question.strip(), gold))
+            objects.append((lineno, where, obj))
+    return objects, n_lines
+
+
+def read_rows(cfg, split: str) -> tuple[list[tuple[str, str]], Skips]:
+    """(question, normalized gold) rows of one split file; malformed rows are counted by reason and skipped."""
+    path = split_file(cfg, split)
+    skips, rows, n_lines = Skips(), [], 0
+    extract_gold = gold_extractor(split_option(cfg, split, "gold_format"))
+    question_field = split_option(cfg, split, "question_field")
+    answer_field = split_option(cfg, split, "answer_field")
+    objects, n_lines = jsonl_objects(path, skips)
+    for _, where, obj in objects:
+        question, answer = obj.get(question_field), obj.get(answer_field)
+        if not isinstance(question, str) or not question.strip() or answer is None:
+            skips.add("missing_field", f"{where}: needs {question_field!r} and {answer_field!r}")
+            continue
+        answer = str(answer)
+        if not answer.strip():
+            skips.add("empty_answer", f"{where}")
+            continue
+        try:
+            gold = extract_gold(answer)
+        except ValueError as e:
+            skips.add("bad_gold", f"{where}: {e}")
+            continue
+        rows.append((question.strip(), gold))
     if n_lines == 0:
         raise DataError(f"data {cfg.name}: {path} holds no rows")
     if skips.bad_rows > cfg.max_bad_fraction * n_lines:

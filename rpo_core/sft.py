@@ -7,7 +7,6 @@ The loss is the mean NLL of the response tokens over the whole optimizer batch. 
 permutation per epoch, so the step number alone says where the data stands (a resume continues bit-exactly)."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -31,7 +30,7 @@ from rpo_core.common.checks import ConfigError, boolean, choice, get, integer, i
 from rpo_core.common.types import RolloutBatch, Sample
 from rpo_core.common.util import exit_2_on, step_generator
 from rpo_core.components import seed_everything, setup_logging
-from rpo_core.data import DataError, PromptTemplate, Skips
+from rpo_core.data import DataError, PromptTemplate, Skips, jsonl_objects
 from rpo_core.distributed import configure_environment, init_distributed
 from rpo_core.faults import pause_point
 from rpo_core.learner import DeepSpeedLearner
@@ -106,28 +105,13 @@ def validate_sft_config(cfg: DictConfig) -> None:
 def read_rows(path: Path, max_bad_fraction: float) -> tuple[list[tuple[int, str, str]], Skips]:
     """(line, prompt, response) of every well-formed row; malformed rows are counted by reason and skipped
     (rpo_core.data's reasons), and more than `max_bad_fraction` of them is a DataError."""
-    skips, rows, n_lines = Skips(), [], 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue  # blank lines are not rows
-            n_lines += 1
-            where = f"{path.name}:{lineno}"
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                skips.add("not_utf8", f"{where}: {e}")
-                continue
-            except json.JSONDecodeError as e:
-                skips.add("bad_json", f"{where}: {e}: {raw[:80]!r}")
-                continue
-            if not isinstance(obj, dict):
-                skips.add("not_an_object", f"{where}: {raw[:80]!r}")
-                continue
-            if not (isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str)):
-                skips.add("missing_field", f"{where}: needs string fields 'prompt' and 'response'")
-                continue
-            rows.append((lineno, obj["prompt"], obj["response"]))
+    skips, rows = Skips(), []
+    objects, n_lines = jsonl_objects(path, skips)
+    for lineno, where, obj in objects:
+        if not (isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str)):
+            skips.add("missing_field", f"{where}: needs string fields 'prompt' and 'response'")
+            continue
+        rows.append((lineno, obj["prompt"], obj["response"]))
     if not rows:
         raise DataError(f"sft.train_file={path} holds no usable rows ({n_lines} lines, skipped {dict(skips.counts)})")
     if skips.bad_rows > max_bad_fraction * n_lines:
