@@ -123,12 +123,12 @@ def save_checkpoint(c, state: TrainState, pause=None) -> Path:
     if c.rank == 0:
         torch.save({"state": dict(vars(state)), "rng": rng_state(), "planner": c.planner.state(),
                     "config_algorithm": c.cfg.algorithm.name}, tmp / "trainer.pt")
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         _call(pause, "before_rename")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         for old in complete_checkpoints(c.output_dir)[: -c.cfg.trainer.keep_last]:
             _prune(old, keep_weights=c.cfg.trainer.keep_hf)
         oldest = complete_checkpoints(c.output_dir)[0]
@@ -169,15 +169,15 @@ def _call(hook, point: str) -> None:
         hook(point)
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for name in files:
             with open(os.path.join(dirpath, name), "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

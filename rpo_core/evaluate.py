@@ -164,7 +164,8 @@ def evaluate(cfg: DictConfig) -> list[dict]:
             t0 = time.perf_counter()
             if weights is not None:
                 engine.load_weights(_safetensors(weights))
-            row = measure(engine, scorer, tokenizer, setup, cfg.eval, name, meta, t0)
+            sha256 = file_sha256(weights) if weights is not None else folder_sha256(setup.model_path)
+            row = measure(engine, scorer, tokenizer, setup, cfg.eval, name, meta, sha256, t0)
             append_row(out, asdict(row))
             written.append(asdict(row))
             print(f"{name}: greedy {row.greedy_accuracy:.3f} sampled {_fmt(row.sampled_accuracy)} "
@@ -223,18 +224,20 @@ def run_checkpoints(run: Path) -> list[Path]:
 
 
 def eval_targets(cfg: DictConfig, model_path: str, checkpoints: list[Path]) -> list[tuple[str, Optional[Path], dict]]:
-    """(name, weights file or None for the starting model, meta) to evaluate, in training order."""
-    start = ("start", None, {"step": 0, "train_wall_s": 0.0, "sha256": folder_sha256(model_path)})
+    """(name, weights file or None for the starting model, meta) to evaluate, in training order (hashed only when
+    evaluated: a re-run skips what is done without reading every weight file)."""
+    start = ("start", None, {"step": 0, "train_wall_s": 0.0})
     if not cfg.run:
         return [(Path(model_path).name, None, {**start[2], "train_wall_s": None})]
     targets = [start] if cfg.eval.include_start else []
     for path in checkpoints:
         weights = path / "hf" / "model.safetensors"
-        targets.append((path.name, weights, {**read_meta(path), "sha256": file_sha256(weights)}))
+        targets.append((path.name, weights, read_meta(path)))
     return targets
 
 
-def measure(engine, scorer, tokenizer, setup: EvalSetup, eval_cfg, name: str, meta: dict, t0: float) -> EvalRow:
+def measure(engine, scorer, tokenizer, setup: EvalSetup, eval_cfg, name: str, meta: dict, sha256: str,
+            t0: float) -> EvalRow:
     greedy = greedy_eval(engine, scorer, setup.problems, setup.max_new_tokens)
     sampled, sampled_len = (sampled_eval(engine, scorer, setup.problems, eval_cfg.samples, setup.temperature,
                                          setup.max_new_tokens, setup.seed) if eval_cfg.samples else (None, None))
@@ -245,7 +248,7 @@ def measure(engine, scorer, tokenizer, setup: EvalSetup, eval_cfg, name: str, me
                    temperature=setup.temperature, response_len=greedy.response_len, sampled_response_len=sampled_len,
                    direct_answer_share=greedy.direct_answer_share, greedy_digest=greedy.digest, probe_accuracy=probe,
                    n_problems=len(setup.problems), max_new_tokens=setup.max_new_tokens,
-                   probe_prefix=eval_cfg.probe_prefix, host_cpu=host_cpu(), model_sha256=meta["sha256"],
+                   probe_prefix=eval_cfg.probe_prefix, host_cpu=host_cpu(), model_sha256=sha256,
                    eval_seconds=time.perf_counter() - t0)
 
 

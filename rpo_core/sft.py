@@ -23,7 +23,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from algorithms.core import aggregate_loss
-from rpo_core.checkpoint import (CheckpointError, _fsync_dir, _fsync_tree, checkpoint_root, complete_checkpoints,
+from rpo_core.checkpoint import (CheckpointError, fsync_dir, fsync_tree, checkpoint_root, complete_checkpoints,
                                  is_complete, resolve_resume, rng_state, set_rng_state, PREFIX)
 from rpo_core.common.batching import TrainBatch, to_train_batch
 from rpo_core.common.checks import ConfigError, boolean, choice, get, integer, is_number, number
@@ -254,11 +254,11 @@ def save_hf(learner: DeepSpeedLearner, tokenizer, folder: Path) -> None:
 
 def publish(tmp: Path, final: Path) -> None:
     """`tmp` becomes `final` in one rename (replacing an older one), flushed to disk first."""
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.replace(final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def restore(learner: DeepSpeedLearner, path: Path, run: dict) -> int:
