@@ -16,7 +16,7 @@ from rewards import SCORERS, STYLES
 from rewards.shaping import COSINE_UNITS, LENGTH_UNITS
 from rollout import ENGINES, PLACEMENTS
 from rpo_core.checkpoint import is_complete
-from rpo_core.learner import SHARED_PREFIX_MODES
+from rpo_core.logprobs import SHARED_PREFIX_MODES
 from rpo_core.data import SOURCES
 from rpo_core.common.checks import ConfigError, boolean, choice, get, integer, is_number, number
 

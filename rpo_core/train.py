@@ -40,10 +40,10 @@ from rpo_core.data import DataError
 from rpo_core.distributed import configure_environment
 from rpo_core.evaluate import greedy_eval
 from rpo_core.faults import pause_point
-from rpo_core.learner import computed_rows
 from rpo_core.metrics import (PhaseTimer, TrainClock, format_step_line, host_cpu, peak_memory_gb,
                               reset_peak_memory)
 from rpo_core.models import ModelNotFoundError
+from rpo_core.packing import computed_rows
 
 log = logging.getLogger("rpo")
 # Bad input the user can fix: a message and exit code 2, not a traceback.

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 from conftest import compose, fresh_world_group
 from rollout import GenerationRequest
 from rollout.hf_engine import HFEngine
-from rpo_core.learner import policy_logprobs
+from rpo_core.logprobs import policy_logprobs
 from test_learner import _mixed_lengths_batch
 
 DEVICE = os.environ.get("RPO_GPU_TEST_DEVICE", "cuda")

@@ -10,8 +10,8 @@ from rpo_core.common.batching import to_train_batch
 from rpo_core.common.types import RolloutBatch, Sample
 from conftest import compose
 from rpo_core.common.checks import ConfigError
-from rpo_core.learner import (SHARED_PREFIX_MODES, batched_logprobs, check_direct_head, combine_stats, micro_batches,
-                              packed_lengths, response_logprobs)
+from rpo_core.logprobs import SHARED_PREFIX_MODES, batched_logprobs, check_direct_head, response_logprobs
+from rpo_core.packing import combine_stats, micro_batches, packed_lengths
 
 
 @pytest.fixture(scope="module")

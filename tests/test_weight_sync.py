@@ -30,7 +30,8 @@ def _fixed_batch(tokenizer):
 
 @pytest.mark.parametrize("stage", [0, 3])
 def test_sync_makes_vllm_match_the_learner(engine, tiny_model_path, stage):
-    from rpo_core.learner import DeepSpeedLearner, response_logprobs
+    from rpo_core.learner import DeepSpeedLearner
+    from rpo_core.logprobs import response_logprobs
 
     fresh_world_group()  # an in-process vLLM engine built by an earlier test may have replaced the process groups
     cfg = compose("model=tiny", f"learner.zero_stage={stage}", "learner.optim.lr=1e-2")
