@@ -2,11 +2,13 @@
 own widths, they equal the plain full-logits computation in value and in gradient."""
 from __future__ import annotations
 
+from typing import Optional, get_type_hints
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rpo_core.common.batching import to_train_batch
+from rpo_core.common.batching import TrainBatch, to_train_batch
 from rpo_core.common.types import RolloutBatch, Sample
 from conftest import compose
 from rpo_core.common.checks import ConfigError
@@ -67,15 +69,16 @@ def test_combine_stats_reduces_max_with_max():
 
 
 def test_a_batch_moves_to_the_learner_device_whole():
-    """`TrainBatch.to` is the one place a batch crosses to the learner's device: every tensor field goes (the meta
-    device stands in for a GPU here)."""
-    from dataclasses import fields
-
+    """`TrainBatch.to` is the one place a batch crosses to the learner's device: every field declared a tensor goes,
+    the optional ones included once set (the meta device stands in for a GPU here)."""
+    declared = [name for name, hint in get_type_hints(TrainBatch).items()
+                if hint in (torch.Tensor, Optional[torch.Tensor])]
     tb = _batch()
-    tb.ref_logp, tb.rollout_logp = torch.zeros_like(tb.behavior_logp), torch.zeros_like(tb.behavior_logp)
+    for name in declared:
+        if getattr(tb, name) is None:  # ref_logp, rollout_logp, ...: what the KL penalty and pi_old add
+            setattr(tb, name, torch.zeros_like(tb.behavior_logp))
     moved = tb.to("meta")
-    tensors = [f.name for f in fields(moved) if isinstance(getattr(moved, f.name), torch.Tensor)]
-    assert len(tensors) == 13 and all(getattr(moved, name).device.type == "meta" for name in tensors)
+    assert {name: getattr(moved, name).device.type for name in declared} == dict.fromkeys(declared, "meta")
     assert moved.group_size == tb.group_size
 
 
