@@ -2,7 +2,7 @@
 
 Group advantages, KL estimators, loss aggregation (and the weight it gives each token), the clipped surrogate
 and its pi_old, importance weights (truncated IS for the engine-vs-learner mismatch, RAPID's off-policy weights
-and baseline) and the RPO sampling helpers.
+and baseline). RPO's sampling helpers (truncation, cache pick) live with its planner in `algorithms.rpo`.
 Tensors in, tensors out: no models, no configs, no framework objects.
 
 Conventions: N sequences stored group-contiguously (B groups of G: rows g*G .. g*G+G-1 share a prompt),
@@ -14,7 +14,7 @@ tensors.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -23,7 +23,6 @@ AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mea
 KL_KINDS = ("k1", "k2", "k3")
 IS_LEVELS = ("token", "sequence")
 PREFIX_RATIOS = ("one", "behavior")
-TRUNCATE_PER = ("question", "batch")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -42,7 +41,7 @@ def _bool_mask(mask: Tensor, shape: torch.Size) -> Tensor:
     return mask.bool()
 
 
-def _grouped(values: Tensor, group_size: int, name: str = "rewards") -> Tensor:
+def by_group(values: Tensor, group_size: int, name: str = "rewards") -> Tensor:
     """A flat [B*G] tensor viewed as [B, G] floats, after checking the grouping and finiteness."""
     if values.dim() != 1:
         raise ValueError(f"{name} must be a flat tensor of B*G values, got shape {tuple(values.shape)}")
@@ -124,7 +123,7 @@ def group_advantages(rewards: Tensor, group_size: int, normalize_std: bool = Tru
 
     rewards: flat [B*G], consecutive groups of `group_size`. Returns [B*G]. All-equal rewards give exactly 0.
     """
-    grouped = _grouped(rewards, group_size)
+    grouped = by_group(rewards, group_size)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     if normalize_std:
         centred = centred / (_group_std(grouped) + eps)
@@ -134,7 +133,7 @@ def group_advantages(rewards: Tensor, group_size: int, normalize_std: bool = Tru
 
 def constant_groups(rewards: Tensor, group_size: int) -> Tensor:
     """[B] bool, detached: r_gj = r_g0 for all j (exact equality; a group of one is constant)."""
-    return _constant(_grouped(rewards.detach(), group_size))[:, 0]
+    return _constant(by_group(rewards.detach(), group_size))[:, 0]
 
 
 def count_constant_groups(rewards: Tensor, group_size: int) -> Tensor:
@@ -467,8 +466,8 @@ def weighted_group_baseline(rewards: Tensor, weights: Tensor, group_size: int) -
     the group mean). A group whose weights sum to 0 (all underflowed) gets its plain mean; rapid_loss counts
     such groups in its stats.
     """
-    grouped_r = _grouped(rewards, group_size)
-    grouped_w = _grouped(weights.detach(), group_size, name="weights").to(grouped_r.dtype)
+    grouped_r = by_group(rewards, group_size)
+    grouped_w = by_group(weights.detach(), group_size, name="weights").to(grouped_r.dtype)
     if bool((grouped_w < 0).any()):
         raise ValueError("importance weights must be >= 0")
     w_sum = grouped_w.sum(dim=1, keepdim=True)
@@ -484,7 +483,7 @@ def rapid_advantages(
     without std; exactly 0 for all-equal rewards (G = 1 included). With all weights equal it is exactly
     group_advantages."""
     baseline = weighted_group_baseline(rewards, weights, group_size).view(-1, group_size)
-    grouped = _grouped(rewards, group_size)
+    grouped = by_group(rewards, group_size)
     centred = grouped - baseline
     if normalize_std:
         centred = centred / (_group_std(grouped) + eps)
@@ -551,90 +550,3 @@ def rapid_loss(
             "advantage_abs_mean": advantages.abs().mean(),
         }
     return loss, stats
-
-
-# ---------------------------------------------------------------------------------------------------------
-# RPO (Yi et al. 2026, arXiv 2601.19404) partial-rollout helpers
-# ---------------------------------------------------------------------------------------------------------
-
-
-def sample_truncation(
-    response_lens: Tensor,
-    max_truncate: Union[int, Tensor],
-    generator: Optional[torch.Generator],
-    min_truncate: int = 0,
-    per: str = "question",
-) -> Tensor:
-    """m_b ~ U{lo_b..hi_b}, hi_b = min(L_b, len_b), lo_b = min(min_truncate, hi_b) (integers, both ends included);
-    per="batch": one m ~ U{min(min_truncate, L)..L} for the batch, m_b = clamp(m, lo_b, hi_b).
-
-    m is the number of tokens cut from the end of the cached response: the kept prefix is len_b - m_b tokens
-    and the engine regenerates the rest. m = 0 keeps the whole cached response (a caller slicing with
-    ids[:-m] must special-case it); m = len_b regenerates from scratch, and so does a response shorter than
-    min_truncate. The authors draw one m per batch (yhz5613813/RPO: randint(1, 300), i.e. min_truncate=1,
-    L=300, per="batch"); per="question" draws independently. L may be one int or a tensor [B] (all equal
-    for per="batch"); L = 0 always gives 0. Returns int64 [B]. Pass a seeded generator for reproducible draws.
-    """
-    lens = torch.as_tensor(response_lens)
-    if lens.dim() != 1 or lens.is_floating_point() or lens.dtype == torch.bool:
-        raise ValueError(f"response_lens must be a 1-D integer tensor, got {lens.dtype} {tuple(lens.shape)}")
-    limit = torch.as_tensor(max_truncate, device=lens.device)
-    if limit.is_floating_point() or limit.dtype == torch.bool:
-        raise ValueError(f"max_truncate must be an int or an integer tensor, got {limit.dtype}")
-    if bool((lens < 0).any()) or bool((limit < 0).any()):
-        raise ValueError("response_lens and max_truncate must be >= 0")
-    if isinstance(min_truncate, bool) or not isinstance(min_truncate, int) or min_truncate < 0:
-        raise ValueError(f"min_truncate must be an int >= 0, got {min_truncate!r}")
-    if per not in TRUNCATE_PER:
-        raise ValueError(f"unknown truncation sampling per={per!r}; choose one of {TRUNCATE_PER}")
-    upper = torch.minimum(lens.long(), limit.long().expand_as(lens))
-    lower = upper.clamp(max=min_truncate)
-    if per == "batch":
-        if limit.numel() > 1 and bool((limit != limit.flatten()[0]).any()):
-            raise ValueError('per="batch" draws one m for the batch: max_truncate must be one value')
-        L = int(limit.flatten()[0]) if limit.numel() else 0
-        u = torch.rand((), generator=generator, dtype=torch.float64, device=lens.device)
-        lo = min(min_truncate, L)
-        m = lo + min(int(torch.floor(u * (L - lo + 1))), L - lo)
-        return torch.clamp(torch.full_like(upper, m), lower, upper)
-    u = torch.rand(lens.shape, generator=generator, dtype=torch.float64, device=lens.device)
-    # floor(u * (k + 1)) is uniform on 0..k; the clamp guards the one-ulp rounding of u * (k + 1) up to k + 1.
-    span = upper - lower
-    return lower + torch.minimum(torch.floor(u * (span + 1).double()).long(), span)
-
-
-def epsilon_greedy_pick(
-    rewards: Tensor, group_size: int, epsilon: float, generator: Optional[torch.Generator],
-    questions: Optional[Tensor] = None,
-) -> Tensor:
-    """k_q = argmax_{i in S_q} r_i with probability epsilon, else k_q ~ U(S_q): the sample index to cache per question.
-
-    S_q pools the G samples of every group of question q: `questions` [B] numbers the groups' questions 0..Q-1 (None:
-    each group its own question; DAPO's extra rounds can draw a question twice in one step). Ties for the best go to
-    the first maximum in batch order. The uniform draw is a uniform group of q, then a uniform member, i.e. uniform
-    over S_q; the coin and member draws are taken for every question whatever the coin says, the group draw only for
-    questions with several groups, so without repeats the generator advances as for B independent groups.
-    Returns int64 [Q] flat indices into `rewards`.
-    """
-    grouped = _grouped(rewards, group_size)
-    if not 0.0 <= epsilon <= 1.0:
-        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
-    n_groups = grouped.shape[0]
-    questions = torch.arange(n_groups) if questions is None else torch.as_tensor(questions, dtype=torch.int64)
-    n_questions = int(questions.max()) + 1 if n_groups else 0
-    if questions.shape != (n_groups,) or (n_groups and (questions.min() < 0 or
-                                                         questions.unique().numel() != n_questions)):
-        raise ValueError(f"questions must number the {n_groups} groups' questions 0..Q-1, got {questions.tolist()}")
-    greedy = torch.rand(n_questions, generator=generator, device=grouped.device) < epsilon
-    member = torch.randint(0, group_size, (n_questions,), generator=generator, device=grouped.device)
-    picks = []
-    for q in range(n_questions):
-        groups = (questions == q).nonzero().flatten()
-        if bool(greedy[q]):
-            best = int(grouped[groups].flatten().argmax())
-            g, i = int(groups[best // group_size]), best % group_size
-        else:
-            which = int(torch.randint(0, len(groups), (1,), generator=generator)) if len(groups) > 1 else 0
-            g, i = int(groups[which]), int(member[q])
-        picks.append(g * group_size + i)
-    return torch.tensor(picks, dtype=torch.int64)

@@ -104,23 +104,23 @@ def save_checkpoint(c, state: TrainState, pause=None) -> Path:
     `pause(point)` is a test hook called between the parts."""
     final = checkpoint_root(c.output_dir) / f"{PREFIX}{state.step:06d}"
     tmp = final.with_name(f".tmp-{final.name}")
-    if c.rank == 0:
+    if c.placement.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "hf").mkdir(parents=True)
     dist.barrier()
     weights = {name: t.contiguous() for name, t in c.learner.full_weights()}  # every rank gathers (ZeRO-3)
-    if c.rank == 0:
+    if c.placement.is_main:
         save_file(weights, str(tmp / "hf" / "model.safetensors"), metadata={"format": "pt"})
         for f in Path(c.model_path).iterdir():  # config, generation config, tokenizer
             if f.is_file() and f.suffix != ".safetensors" and not f.name.endswith(".bin") and f.name != "rpo_model.json":
                 shutil.copy2(f, tmp / "hf" / f.name)
     del weights
-    if c.rank == 0:
+    if c.placement.is_main:
         (tmp / "meta.json").write_text(json.dumps({"step": state.step, "train_wall_s": state.train_wall_s}))
     _call(pause, "hf_written")
     c.learner.save(str(tmp / "deepspeed"))
     _call(pause, "deepspeed_written")
-    if c.rank == 0:
+    if c.placement.is_main:
         torch.save({"state": dict(vars(state)), "rng": rng_state(), "planner": c.planner.state(),
                     "config_algorithm": c.cfg.algorithm.name}, tmp / "trainer.pt")
         fsync_tree(tmp)

@@ -16,14 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from algorithms import Algorithm, build_algorithm
-from algorithms.rpo import FullRollout, PartialRollout
-from cache import TrajectoryCache, model_fingerprint, tokenizer_fingerprint
+from algorithms.rpo import build_planner
 from rewards import build_scorer
 from rollout import GenerationRequest, RolloutEngine, build_engine
 from rpo_core.common.types import Problem, RolloutPlanner, Sample
 from rpo_core.common.util import stable_seed
 from rpo_core.data import load_problems
-from rpo_core.distributed import init_distributed
+from rpo_core.distributed import Placement, init_distributed
 from rpo_core.learner import DeepSpeedLearner, ReferenceModel
 from rpo_core.metrics import Console, MetricsLogger, PhaseTimer
 from rpo_core.models import prepare_model
@@ -35,8 +34,7 @@ log = logging.getLogger("rpo")
 @dataclass(frozen=True)
 class Components:
     cfg: DictConfig
-    rank: int
-    world_size: int
+    placement: Placement  # which rank does what, and the collectives between them
     output_dir: Path
     model_path: str
     tokenizer: object
@@ -51,7 +49,6 @@ class Components:
     planner: Optional[RolloutPlanner]  # rank 0: FullRollout, or PartialRollout when rpo.enabled (it owns the cache)
     logger: Optional[MetricsLogger]  # rank 0 writes metrics.jsonl
     console: Console
-    cache_init: dict  # RPO's one-off cache initialization cost ({} without RPO or when done in an earlier run)
 
     def close(self) -> None:
         for part in (self.logger, self.scorer, self.planner, self.engine):
@@ -64,6 +61,7 @@ def build_components(cfg: DictConfig) -> Components:
     setup_logging(output_dir)
     seed_everything(cfg.seed)
     rank, world_size = init_distributed(cfg.learner.backend)
+    placement = Placement(rank, world_size, every_rank_generates=cfg.rollout.placement == "every_rank")
     console = Console(cfg.trainer.progress and rank == 0)
     if rank == 0:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
@@ -80,20 +78,19 @@ def build_components(cfg: DictConfig) -> Components:
                                 engine_matches_learner=cfg.rollout.dtype == cfg.learner.dtype)
 
     timer = PhaseTimer()
-    generates = rank == 0 or cfg.rollout.placement == "every_rank"
     with timer("engine"):
-        engine = build_engine(cfg.rollout, model_path, cfg.seed) if generates else None
+        engine = build_engine(cfg.rollout, model_path, cfg.seed) if placement.generates else None
     console.say(f"rollout engine {cfg.rollout.name} ready in {timer.times['time_engine']:.1f}s")
     with timer("learner"):
         learner = DeepSpeedLearner(model_path, cfg.learner, cfg.learner.optim, cfg.rollout.temperature, world_size)
     console.say(f"DeepSpeed ZeRO-{cfg.learner.zero_stage} learner ready in {timer.times['time_learner']:.1f}s")
     reference = (ReferenceModel(model_path, cfg.learner, cfg.rollout.temperature, learner.device)
                  if algorithm.needs_reference else None)
-    scorer = build_scorer(cfg.reward, cfg.data) if generates else None
+    scorer = build_scorer(cfg.reward, cfg.data) if placement.generates else None
 
-    planner, cache_init = None, {}
+    planner = None
     if rank == 0:  # the planner (and RPO's cache) lives with the engine
-        planner = _build_planner(cfg, model_path, tokenizer)
+        planner = build_planner(cfg, model_path, tokenizer)
         cache_init = planner.initialize(splits.train, lambda problems: initial_responses(cfg, engine, problems),
                                         batch_size=cfg.cache.init_batch_size,
                                         progress=console.show and cfg.cache.init_progress,
@@ -102,20 +99,11 @@ def build_components(cfg: DictConfig) -> Components:
             console.say(f"RPO cache: {cache_init}")
     logger = MetricsLogger(output_dir, cfg.logger, OmegaConf.to_container(cfg, resolve=True)) if rank == 0 else None
     return Components(
-        cfg=cfg, rank=rank, world_size=world_size, output_dir=output_dir, model_path=model_path, tokenizer=tokenizer,
+        cfg=cfg, placement=placement, output_dir=output_dir, model_path=model_path, tokenizer=tokenizer,
         pad_id=pad_id, sampler=PromptSampler(splits.train, cfg.seed), eval_problems=eval_problems,
         algorithm=algorithm, learner=learner, reference=reference, engine=engine, scorer=scorer, planner=planner,
-        logger=logger, console=console, cache_init=cache_init,
+        logger=logger, console=console,
     )
-
-
-def _build_planner(cfg, model_path: str, tokenizer) -> RolloutPlanner:
-    if not cfg.rpo.enabled:
-        return FullRollout(cfg.rollout.max_new_tokens)
-    fingerprint = {"model": model_fingerprint(model_path), "tokenizer": tokenizer_fingerprint(tokenizer),
-                   "dataset": cfg.data.name}
-    cache = TrajectoryCache(cfg.cache.path, fingerprint, synchronous=cfg.cache.synchronous)
-    return PartialRollout(cfg.rpo, cache, cfg.rollout.max_new_tokens)
 
 
 def initial_responses(cfg, engine: RolloutEngine, problems: list[Problem]) -> list[Sample]:

@@ -9,8 +9,8 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig
 
 from algorithms import ALGORITHMS
-from algorithms.core import PREFIX_RATIOS, TRUNCATE_PER
-from algorithms.rpo import CACHE_UPDATES, INIT_MODES, SUFFIX_BUDGETS, TRUNCATE_MODES
+from algorithms.core import PREFIX_RATIOS
+from algorithms.rpo import CACHE_UPDATES, INIT_MODES, SUFFIX_BUDGETS, TRUNCATE_MODES, TRUNCATE_PER
 from cache.store import SYNCHRONOUS_MODES
 from rewards import SCORERS, STYLES
 from rewards.shaping import COSINE_UNITS, LENGTH_UNITS

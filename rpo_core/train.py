@@ -1,6 +1,6 @@
 """rpo-train: the RL loop. Each optimizer step runs the phases in order:
 
-    collect (rollout -> reward) -> update -> sync -> remember (planner/cache) -> eval -> log -> checkpoint
+    collect (plan -> rollout -> reward) -> update -> sync -> remember (planner) -> eval -> log -> checkpoint
 
 One rollout may feed several optimizer steps (RAPID's H mini-batches wait in `state.pending`). The training clock
 (`train_wall_s` in every metrics row) runs through everything but evaluation and checkpoints: trainer.time_budget_s
@@ -18,7 +18,6 @@ from typing import Optional
 
 import hydra
 import numpy as np
-import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,8 +31,8 @@ from rollout import GenerationRequest, SyncError
 from rpo_core.checkpoint import (CheckpointError, TrainState, load_checkpoint, resolve_resume, save_checkpoint)
 from rpo_core.common.batching import TrainBatch, to_train_batch
 from rpo_core.common.registry import UnknownNameError
-from rpo_core.common.types import Problem, RolloutBatch, Sample
-from rpo_core.common.util import stable_seed, step_generator
+from rpo_core.common.types import Problem, RolloutBatch, Sample, StepResult
+from rpo_core.common.util import stable_seed
 from rpo_core.components import Components, build_components
 from rpo_core.config import ConfigError, validate_config
 from rpo_core.data import DataError
@@ -45,7 +44,7 @@ from rpo_core.metrics import (PhaseTimer, TrainClock, format_step_line, host_cpu
 from rpo_core.models import ModelNotFoundError
 from rpo_core.packing import computed_rows
 
-log = logging.getLogger("rpo")
+log = logging.getLogger(__name__)
 # Bad input the user can fix: a message and exit code 2, not a traceback.
 USER_ERRORS = (CacheError, CheckpointError, DataError, ModelNotFoundError, UnknownNameError, ConfigError)
 
@@ -59,29 +58,44 @@ class Tally:
     counts: Counter = field(default_factory=Counter)
 
 
+@dataclass(frozen=True)
+class Update:
+    """One optimizer step: the learner's result (result.skipped: a non-finite loss left the weights as they were) and
+    what the step's row reports about it."""
+
+    result: StepResult
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class Sync:
+    """One weight sync, learner -> rollout engine. Failed (ok False): the engine kept the weights of engine_step."""
+
+    ok: bool
+    engine_step: int  # the policy step whose weights the engine holds after the sync
+    tensors: int = 0  # tensors loaded
+    bytes: int = 0  # bytes moved
+
+    def metrics(self) -> dict:
+        if not self.ok:
+            return {"sync_failed": 1.0, "engine_step": self.engine_step}
+        return {"synced_tensors": self.tensors, "sync_bytes": self.bytes, "engine_step": self.engine_step}
+
+
 # =====================================================================================================================
 # phases
 # =====================================================================================================================
 def rollout_phase(c: Components, problems: list[Problem], step: int, salt: str, tally: Tally) -> RolloutBatch:
-    """G samples per problem, each continuing its plan's prefix (RPO: of the cached response; otherwise empty).
+    """G samples per problem, each continuing its plan's prefix (none: from the prompt) within the plan's budget.
     With rollout.placement=every_rank, rank 0 plans, each rank's engine generates every world_size-th question, and
     every rank ends with the whole batch (per-request seeds: the same samples as one engine)."""
     cfg, G = c.cfg, c.cfg.rollout.group_size
-    spread = c.world_size > 1 and cfg.rollout.placement == "every_rank"
-    plans = c.planner.plan(problems, step_generator(cfg.seed, step, f"truncate:{salt}")) if c.planner else None
-    if spread:
-        box = [plans]
-        dist.broadcast_object_list(box, src=0)
-        plans = box[0]
-    asked = [k for k, plan in enumerate(plans) if plan.budget > 0]
-    asked = asked[c.rank :: c.world_size] if spread else asked
+    plans = c.placement.planned(lambda: c.planner.plan(problems, step, salt))
+    asked = c.placement.my_requests([k for k, plan in enumerate(plans) if plan.budget > 0])
     requests = [GenerationRequest(list(problems[k].prompt_ids) + list(plans[k].prefix_ids), G, plans[k].budget,
                                   stable_seed(cfg.seed, step, problems[k].uid, salt)) for k in asked]
-    generations = dict(zip(asked, c.engine.generate(requests, cfg.rollout.temperature))) if requests else {}
-    if spread:
-        shares = [None] * c.world_size
-        dist.all_gather_object(shares, generations)
-        generations = {k: v for share in shares for k, v in share.items()}
+    generated = c.engine.generate(requests, cfg.rollout.temperature) if requests else []
+    generations = c.placement.merged(dict(zip(asked, generated)))
     pause_point("rollout", step)
     samples = []
     for k, (p, plan) in enumerate(zip(problems, plans)):
@@ -90,14 +104,10 @@ def rollout_phase(c: Components, problems: list[Problem], step: int, salt: str, 
             samples.append(Sample(
                 uid=p.uid, prompt_ids=list(p.prompt_ids), response_ids=list(plan.prefix_ids) + new_ids,
                 behavior_logprobs=list(plan.prefix_logprobs) + new_lp, prefix_len=len(plan.prefix_ids),
-                finished=gen.finished if gen else plan.finished_without_generation,
+                prefix_in_loss=plan.prefix_in_loss, finished=gen.finished if gen else plan.finished_without_generation,
                 policy_step=step - 1, prefix_policy_step=plan.prefix_policy_step if plan.prefix_ids else step - 1,
             ))
             tally.counts["rollout_tokens"] += len(new_ids)
-            tally.counts["prefix_tokens"] += len(plan.prefix_ids)
-        tally.counts["cache_hits"] += plan.cache_hit
-        tally.counts["truncated_tokens"] += plan.truncated
-        tally.counts["truncate_zero"] += plan.cache_hit and plan.truncated == 0
     texts = c.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
     for s, text in zip(samples, texts):
         s.text = text  # for the reward only; the token ids above are what is trained on
@@ -120,7 +130,7 @@ def reward_phase(c: Components, batch: RolloutBatch, tally: Tally) -> None:
 
 def collect_phase(c: Components, state: TrainState, step: int, timer: PhaseTimer) -> tuple[list[RolloutBatch], dict]:
     """Generate and score (the algorithm decides how many prompts and which groups to keep) and cut the batch into
-    mini-batches, one per optimizer step. rollout.placement=rank0: rank 0 does it and broadcasts the list;
+    mini-batches, one per optimizer step. rollout.placement=rank0: rank 0 does it and sends the list to the others;
     every_rank: every rank runs the same steps on the same data, each generating its share of every round."""
     tally, minibatches, stats = Tally(), None, {}
 
@@ -134,19 +144,12 @@ def collect_phase(c: Components, state: TrainState, step: int, timer: PhaseTimer
             reward_phase(c, batch, tally)
         return batch
 
-    every_rank = c.cfg.rollout.placement == "every_rank"
-    if c.rank == 0 or every_rank:
+    if c.placement.generates:
         batch, stats = c.algorithm.collect(generate_and_score)
         minibatches = c.algorithm.split(batch)
-        hits, zero = tally.counts.pop("cache_hits", 0), tally.counts.pop("truncate_zero", 0)
-        stats.update(tally.counts, cache_hit_rate=hits / tally.questions,
+        stats.update(tally.counts,
                      rollout_tokens_per_sample=tally.counts["rollout_tokens"] / (tally.questions * batch.group_size))
-        if hits:  # RPO's m over the questions that had a cached response
-            stats.update(truncate_mean=tally.counts["truncated_tokens"] / hits, truncate_zero_share=zero / hits)
-    if c.world_size > 1 and not every_rank:
-        box = [minibatches, state.data]
-        dist.broadcast_object_list(box, src=0)
-        minibatches, state.data = box
+    minibatches, state.data = c.placement.collected((minibatches, state.data))
     return minibatches, stats
 
 
@@ -157,7 +160,7 @@ def rollout_logp_phase(c: Components, minibatches: list[RolloutBatch], step: int
     pending mini-batches are complete)."""
     mine = {}
     for k, mb in enumerate(minibatches):
-        groups, G = shard_groups(c, mb.num_groups), mb.group_size
+        groups, G = c.placement.my_groups(mb.num_groups), mb.group_size
         if not groups:
             continue
         tb = train_batch(c, mb, step)
@@ -166,48 +169,37 @@ def rollout_logp_phase(c: Components, minibatches: list[RolloutBatch], step: int
         logp[rows] = c.learner.logprobs(tb.select(rows))
         for row, i in enumerate(g * G + j for g in groups for j in range(G)):
             mine[(k, i)] = logp[row, : len(mb.samples[i].response_ids)].tolist()
-    parts = [mine]
-    if c.world_size > 1:
-        parts = [None] * c.world_size
-        dist.all_gather_object(parts, mine)
-    for part in parts:
+    for part in c.placement.gather(mine):
         for (k, i), lp in part.items():
             minibatches[k].samples[i].rollout_logprobs = lp
 
 
-def update_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
+def update_phase(c: Components, batch: RolloutBatch, step: int) -> Update:
     """Advantages and one optimizer step of the algorithm's loss over this rank's share of `batch`."""
     tb = train_batch(c, batch, step)
     if c.reference is not None:
         tb.ref_logp = c.reference.logprobs(tb)
     tb = c.algorithm.prepare(tb)
     result = c.learner.train_step(tb, c.algorithm.loss, c.algorithm.token_level, inert_groups=skipped_groups(c, tb))
-    pause_point("update", step)  # weights updated; engine, cache, metrics and checkpoint not yet
+    pause_point("update", step)  # weights updated; engine, planner, metrics and checkpoint not yet
     # vLLM vs learner on the freshly generated tokens, both under the policy that generated them (with several steps per
     # rollout: the learner's logprobs taken before the first; RAPID's later steps also see the policy's drift)
     learner_logp = tb.rollout_logp if tb.rollout_logp is not None else result.logprobs
     computed = ~learner_logp.isnan()  # rows of inert groups were not computed (learner.skip_inert_groups)
     fresh = tb.response_mask * (1 - tb.prefix_mask) * computed
     mismatch = ((learner_logp - tb.behavior_logp).nan_to_num().abs() * fresh).sum() / fresh.sum().clamp(min=1)
-    return {**result.stats, "grad_norm": result.grad_norm, "update_skipped": float(result.skipped),
-            "logprob_mismatch": float(mismatch), "learner_rows_skipped": len(tb) - result.rows_computed,
-            "response_len_mean": float(tb.response_mask.sum(1).mean()),
-            # RAPID forms its advantages inside the loss (they depend on the current policy) and reports them there
-            "advantage_abs_mean": result.stats.get("advantage_abs_mean", float(tb.advantages.abs().mean()))}
-
-
-def shard_groups(c: Components, num_groups: int) -> list[int]:
-    """This rank's groups of a mini-batch: whole groups, round-robin (advantages need the whole group)."""
-    return list(range(c.rank, num_groups, c.world_size))
-
-
-def shard(c: Components, batch: RolloutBatch) -> RolloutBatch:
-    return batch if c.world_size == 1 else batch.select_groups(shard_groups(c, batch.num_groups))
+    return Update(result, {
+        **result.stats, "grad_norm": result.grad_norm, "update_skipped": float(result.skipped),
+        "logprob_mismatch": float(mismatch), "learner_rows_skipped": len(tb) - result.rows_computed,
+        "response_len_mean": float(tb.response_mask.sum(1).mean()),
+        # RAPID forms its advantages inside the loss (they depend on the current policy) and reports them there
+        "advantage_abs_mean": result.stats.get("advantage_abs_mean", float(tb.advantages.abs().mean()))})
 
 
 def train_batch(c: Components, batch: RolloutBatch, step: int) -> TrainBatch:
-    """This rank's share of `batch`, as the learner trains on it at `step`."""
-    return to_train_batch(shard(c, batch), c.pad_id, step, prefix_in_loss=c.cfg.rpo.prefix_in_loss)
+    """This rank's share of `batch` (whole groups), as the learner trains on it at `step`."""
+    mine = batch if c.placement.world_size == 1 else batch.select_groups(c.placement.my_groups(batch.num_groups))
+    return to_train_batch(mine, c.pad_id, step)
 
 
 def skipped_groups(c: Components, tb: TrainBatch) -> Optional[torch.Tensor]:
@@ -216,7 +208,7 @@ def skipped_groups(c: Components, tb: TrainBatch) -> Optional[torch.Tensor]:
     return c.algorithm.inert_groups(tb) if c.cfg.learner.skip_inert_groups else None
 
 
-def sync_phase(c: Components, state: TrainState) -> dict:
+def sync_phase(c: Components, state: TrainState) -> Sync:
     """Learner weights -> rollout engine. Every rank walks the parameters (a collective under ZeRO-3); rank 0 loads.
 
     A failed sync leaves the engine on the weights it had: the run goes on (rollouts carry their own behaviour
@@ -234,21 +226,15 @@ def sync_phase(c: Components, state: TrainState) -> dict:
         if state.sync_failures >= c.cfg.trainer.max_bad_steps:
             raise RuntimeError(f"{state.sync_failures} weight syncs in a row failed (trainer.max_bad_steps); "
                                f"last error: {e}") from e
-        return {"sync_failed": 1.0, "engine_step": state.engine_step}
+        return Sync(ok=False, engine_step=state.engine_step)
     state.sync_failures, state.engine_step = 0, state.step
-    return {"synced_tensors": loaded, "sync_bytes": moved[0], "engine_step": state.step}
+    return Sync(ok=True, engine_step=state.step, tensors=loaded, bytes=moved[0])
 
 
 def _counting_bytes(named_tensors, total: list[int]):
     for name, t in named_tensors:
         total[0] += t.numel() * t.element_size()
         yield name, t
-
-
-def remember_phase(c: Components, batch: RolloutBatch, step: int) -> dict:
-    """The planner keeps what this step taught (RPO: the epsilon-greedy cache update); rank 0 only."""
-    written = c.planner.update(batch, step, step_generator(c.cfg.seed, step, "cache"))
-    return {"cache_written": written, **c.planner.metrics()}
 
 
 def eval_phase(c: Components) -> dict:
@@ -258,7 +244,7 @@ def eval_phase(c: Components) -> dict:
             "eval_direct_answer_share": result.direct_answer_share, "eval_digest": result.digest}
 
 
-def step_record(c: Components, mb: RolloutBatch, stats: dict, timer: PhaseTimer, t_step: float, t_run: float) -> dict:
+def step_record(mb: RolloutBatch, stats: dict, timer: PhaseTimer, t_step: float, t_run: float) -> dict:
     record = {
         "step": stats.pop("step"),
         "reward_mean": float(np.mean(mb.rewards)) if mb.samples else None,
@@ -266,7 +252,6 @@ def step_record(c: Components, mb: RolloutBatch, stats: dict, timer: PhaseTimer,
         "accuracy": stats.pop("accuracy", None),
         "samples": len(mb.samples),
         "rollout_tokens": stats.pop("rollout_tokens", 0),
-        "prefix_tokens": stats.pop("prefix_tokens", 0),
         **timer.times,
         "time_step": time.perf_counter() - t_step,
         "wall_time": time.perf_counter() - t_run,
@@ -290,7 +275,7 @@ def _per_second(count: float, seconds: float | None) -> float | None:
 # the loop
 # =====================================================================================================================
 def train(cfg: DictConfig) -> dict:
-    clock = TrainClock()  # started before the engine and the RPO cache init: both count as training time
+    clock = TrainClock()  # started before the engine and the planner's initialization: both count as training time
     c = build_components(cfg)
     try:
         state = resume(c)
@@ -307,23 +292,21 @@ def resume(c: Components) -> TrainState:
     if c.logger is not None:
         c.logger.truncate_after(state.step if path else -1)  # no step logged twice
     if path is not None:
-        if "sync_failed" in sync_phase(c, state):
+        if not sync_phase(c, state).ok:
             raise RuntimeError(f"could not load the weights of {path} into the rollout engine (see train.log)")
         c.console.say(f"resumed from {path} at step {state.step} ({len(state.pending)} pending mini-batches)")
     return state
 
 
 def _train(c: Components, state: TrainState, clock: TrainClock) -> dict:
-    cfg, total, t_run, last = c.cfg, c.cfg.trainer.total_steps, time.perf_counter(), {}
-    if state.step == 0 and c.rank == 0:
+    cfg, total, t_run, last, main = c.cfg, c.cfg.trainer.total_steps, time.perf_counter(), {}, c.placement.is_main
+    if state.step == 0 and main:
         with clock.off():
             record = {"step": 0, **eval_phase(c)}
-    if state.step == 0:  # start-up (engine, learner, RPO cache init) is training time, on every rank
+    if state.step == 0:  # start-up (engine, learner, the planner's initialization) is training time, on every rank
         state.train_wall_s = training_time(c, clock)
-    if state.step == 0 and c.rank == 0:
-        record.update(train_wall_s=state.train_wall_s, host_cpu=host_cpu())
-        if c.cache_init:  # one-off cost, reported apart from training time as the RPO paper does
-            record.update(cache_init_seconds=c.cache_init["seconds"], cache_init_tokens=c.cache_init["generated_tokens"])
+    if state.step == 0 and main:
+        record.update(train_wall_s=state.train_wall_s, host_cpu=host_cpu(), **c.planner.startup_metrics())
         c.logger.log(record)
         c.console.say(f"step    0 | accuracy before training {record['accuracy']:.3f} on {len(c.eval_problems)} problems")
     resumed_at = state.step
@@ -343,13 +326,14 @@ def _train(c: Components, state: TrainState, clock: TrainClock) -> dict:
         state.step = step
         if mb.num_groups > 0:
             with timer("train"):
-                stats.update(update_phase(c, mb, step))
+                update = update_phase(c, mb, step)
             with timer("sync"):
-                stats.update(sync_phase(c, state))
-            if c.rank == 0:
-                with timer("cache"):
-                    stats.update(remember_phase(c, mb, step))
-            state.bad_steps = state.bad_steps + 1 if stats["update_skipped"] else 0
+                sync = sync_phase(c, state)
+            if main:
+                with timer("cache"):  # remember: the planner keeps what this step taught
+                    c.planner.update(mb, step)
+            stats.update(update.metrics, **sync.metrics())
+            state.bad_steps = state.bad_steps + 1 if update.result.skipped else 0
             if state.bad_steps >= cfg.trainer.max_bad_steps:
                 raise RuntimeError(f"{state.bad_steps} consecutive updates skipped for a non-finite loss "
                                    f"(trainer.max_bad_steps)")
@@ -358,11 +342,11 @@ def _train(c: Components, state: TrainState, clock: TrainClock) -> dict:
         state.train_wall_s = stats["train_wall_s"] = training_time(c, clock)
         out_of_time = bool(cfg.trainer.time_budget_s) and state.train_wall_s >= cfg.trainer.time_budget_s
         final = step == total or out_of_time
-        if c.rank == 0 and ((cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0) or final):
+        if main and ((cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0) or final):
             with timer("eval"), clock.off():
                 stats.update(eval_phase(c))
-        if c.rank == 0:
-            last = c.logger.log(step_record(c, mb, stats, timer, t_step, t_run))
+        if main:
+            last = c.logger.log(step_record(mb, stats | c.planner.metrics(), timer, t_step, t_run))
             c.console.say(format_step_line(last))
         if final or on_save_grid(cfg.trainer, step, trained_before, state.train_wall_s):
             with clock.off():
@@ -377,10 +361,7 @@ def _train(c: Components, state: TrainState, clock: TrainClock) -> dict:
 
 def training_time(c: Components, clock: TrainClock) -> float:
     """Rank 0's training clock, on every rank: the budget and the checkpoint grid must stop every rank at one step."""
-    box = [clock.seconds()]
-    if c.world_size > 1:
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return c.placement.broadcast(clock.seconds())
 
 
 def on_save_grid(trainer_cfg, step: int, trained_before: float, trained: float) -> bool:

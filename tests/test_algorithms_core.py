@@ -7,11 +7,9 @@ from torch.testing import assert_close
 
 from algorithms.core import (
     PREFIX_RATIOS,
-    TRUNCATE_PER,
     aggregate_loss,
     count_constant_groups,
     entropy_from_logits,
-    epsilon_greedy_pick,
     group_advantages,
     kl_estimate,
     loss_token_weights,
@@ -22,11 +20,11 @@ from algorithms.core import (
     rapid_importance_weights,
     rapid_loss,
     ratio_reference,
-    sample_truncation,
     suffix_loss_share,
     truncated_is_weights,
     weighted_group_baseline,
 )
+from algorithms.rpo import TRUNCATE_PER, epsilon_greedy_pick, sample_truncation
 
 F64 = torch.float64
 EPS = 1e-6
@@ -617,7 +615,7 @@ def test_rapid_with_stale_samples_never_exceeds_the_clip(is_level):
     assert bool((grad.abs() <= eta * adv.abs()[:, None] / logp.shape[0] + 1e-15).all())
 
 
-# ------------------------------------------------------------------------------------------------ RPO helpers
+# ------------------------------------------------------------------------------------- RPO helpers (algorithms.rpo)
 
 
 def test_sample_truncation_is_uniform_within_bounds():
@@ -844,13 +842,14 @@ def test_the_loop_logs_rapids_advantages(tiny_model_path, dist):
     from algorithms import build_algorithm
     from conftest import compose
     from rpo_core.common.batching import to_train_batch
+    from rpo_core.distributed import Placement
     from rpo_core.train import update_phase
     from test_learner_step import _learner, _rollout
 
     cfg = compose("model=tiny", "algorithm=rapid")
     learner = _learner(tiny_model_path)
     c = SimpleNamespace(cfg=cfg, algorithm=build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens), learner=learner,
-                        reference=None, pad_id=0, rank=0, world_size=1)
+                        reference=None, pad_id=0, placement=Placement())
     batch = _rollout([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], seed=0)
     logp = learner.logprobs(to_train_batch(batch, 0, step=1))
     for k, s in enumerate(batch.samples):  # behaviour log-probs 0.05 k nats/token below the learner's
@@ -858,7 +857,7 @@ def test_the_loop_logs_rapids_advantages(tiny_model_path, dist):
     tb = to_train_batch(batch, 0, step=1)
     w, _ = rapid_importance_weights(logp, tb.behavior_logp, tb.loss_mask, "sequence", cfg.algorithm.is_clip)
     adv = rapid_advantages(tb.rewards, w, 2).view(3, 2)[[0, 2]]
-    stats = update_phase(c, batch, step=1)
+    stats = update_phase(c, batch, step=1).metrics
     assert stats["learner_rows_skipped"] == 2
     assert stats["advantage_abs_mean"] == pytest.approx(adv.abs().mean().item(), rel=1e-4)
     assert stats["advantage_abs_mean"] > 0.5

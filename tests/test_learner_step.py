@@ -177,12 +177,13 @@ def test_pi_old_is_taken_for_exactly_the_groups_the_update_computes(tiny_model_p
 
     from algorithms import build_algorithm
     from rpo_core.common.batching import to_train_batch
+    from rpo_core.distributed import Placement
     from rpo_core.train import rollout_logp_phase, update_phase
 
     cfg = compose("model=tiny", "algorithm.mini_batches_per_rollout=2", "learner.micro_batch_size=2")
     learner = _learner(tiny_model_path, "learner.micro_batch_size=2")
     c = SimpleNamespace(cfg=cfg, algorithm=build_algorithm(cfg.algorithm, cfg.rollout.max_new_tokens), learner=learner,
-                        reference=None, pad_id=0, rank=0, world_size=1)
+                        reference=None, pad_id=0, placement=Placement())
     minibatches = [_rollout([1.0, 0.0, 1.0, 1.0], seed=0), _rollout([0.0, 0.0, 1.0, 1.0], seed=1)]
     expected = [learner.logprobs(to_train_batch(mb, 0, step=1)) for mb in minibatches]
     rollout_logp_phase(c, minibatches, step=1)
@@ -193,7 +194,7 @@ def test_pi_old_is_taken_for_exactly_the_groups_the_update_computes(tiny_model_p
                 assert torch.allclose(got, logp[i, : len(got)], atol=1e-6) and (got != 0).all(), i
             else:
                 assert got.isnan().all(), i
-    first, second = update_phase(c, minibatches[0], step=1), update_phase(c, minibatches[1], step=2)
+    first, second = update_phase(c, minibatches[0], step=1).metrics, update_phase(c, minibatches[1], step=2).metrics
     assert first["learner_rows_skipped"] == second["learner_rows_skipped"] == 2
     assert first["update_skipped"] == second["update_skipped"] == 0.0
     assert first["grad_norm"] > 1e-3 and second["grad_norm"] == 0.0

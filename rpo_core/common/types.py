@@ -25,7 +25,8 @@ class Sample:
     prompt_ids: list[int]
     response_ids: list[int]  # prefix_ids + generated ids
     behavior_logprobs: list[float]  # logprob of each response token under the policy that produced it
-    prefix_len: int = 0  # number of leading response tokens taken from the RPO cache
+    prefix_len: int = 0  # number of leading response tokens taken from the plan's prefix (RPO: its cache)
+    prefix_in_loss: bool = True  # whether those prefix tokens enter the loss (the planner decides)
     finished: bool = True  # False when generation hit the token limit (truncated)
     policy_step: int = 0  # optimizer step of the policy that generated the suffix
     prefix_policy_step: int = 0  # optimizer step of the policy that generated the prefix
@@ -86,6 +87,7 @@ class RolloutPlan:
     prefix_ids: tuple[int, ...] = ()
     prefix_logprobs: tuple[float, ...] = ()
     prefix_policy_step: int = 0
+    prefix_in_loss: bool = True  # the prefix tokens enter the loss (RPO: rpo.prefix_in_loss; false: the suffix only)
     budget: int = 0  # max new tokens; 0 = nothing to generate (RPO: m = 0 on a finished cached response)
     finished_without_generation: bool = False  # with budget 0: the prefix itself ended with EOS
     truncated: int = 0  # RPO's m: tokens dropped from the cached response
@@ -93,20 +95,24 @@ class RolloutPlan:
 
 
 class RolloutPlanner(Protocol):
-    """Decides what each question's rollout starts from. Full rollouts when RPO is off, partial ones when it is on."""
+    """Decides what each question's rollout starts from, and keeps what training taught it. The loop calls it the same
+    way whatever it is: full rollouts when RPO is off, partial ones (algorithms.rpo) when it is on."""
 
     def initialize(self, problems: list[Problem], generate: Callable[[list[Problem]], list[Sample]],
                    batch_size: int, progress: bool, reward: Optional[Callable[[Problem, Sample], float]] = None) -> dict:
         """Before step 1: whatever the planner needs up front (RPO: the cache); returns its cost report ({} if none)."""
 
-    def plan(self, problems: list[Problem], generator: torch.Generator) -> list[RolloutPlan]:
-        """One plan per problem; `generator` carries the step's randomness (RPO: the truncation draws)."""
+    def plan(self, problems: list[Problem], step: int, salt: str = "") -> list[RolloutPlan]:
+        """One plan per problem for generation round `salt` of `step` (its randomness derives from both)."""
 
-    def update(self, batch: RolloutBatch, step: int, generator: torch.Generator) -> int:
-        """After step `step`'s update: remember what this batch taught (RPO: the cache); returns entries written."""
+    def update(self, batch: RolloutBatch, step: int) -> None:
+        """After step `step`'s update: remember what this batch taught (RPO: the cache)."""
+
+    def startup_metrics(self) -> dict:
+        """For the step-0 row: what the start-up cost (RPO: cache_init_seconds and cache_init_tokens)."""
 
     def metrics(self) -> dict:
-        """What the planner holds, for the step's metrics (RPO: cache_correct_share)."""
+        """For the step's row: what the plans and the update since the last call did, and what the planner holds."""
 
     def state(self) -> Optional[dict]:
         """What a checkpoint must record to roll the planner back to this step (None: stateless)."""
