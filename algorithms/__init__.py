@@ -6,7 +6,7 @@ from algorithms.core import (  # noqa: F401
     kl_estimate,
     policy_loss,
 )
-from algorithms.base import ALGORITHMS, Algorithm  # noqa: F401
+from algorithms.base import ALGORITHMS, Algorithm, GRPOConfig  # noqa: F401
 from algorithms import grpo, dapo, rapid  # noqa: F401,E402  (registration)
 
 

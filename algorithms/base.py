@@ -4,13 +4,14 @@ An algorithm decides three things: which samples make a batch (`collect`), how a
 (`split`), and the loss of one step (`prepare` + `loss`). The math itself lives in `algorithms.core`."""
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
 from algorithms import core
-from rpo_core.common import checks
 from rpo_core.common.batching import TrainBatch
+from rpo_core.common.checks import between, one_of, opt
 from rpo_core.common.registry import Registry
 from rpo_core.common.types import RolloutBatch
 
@@ -18,6 +19,28 @@ ALGORITHMS: Registry[type["Algorithm"]] = Registry("algorithm")
 
 GenerateFn = Callable[[int], RolloutBatch]  # n prompts -> rewarded groups
 OLD_LOGP_SOURCES = ("learner", "behavior")  # pi_old with several mini-batches per rollout
+
+
+@dataclass
+class GRPOConfig:
+    """conf/algorithm/grpo.yaml, whose comments say what each option does; the other algorithms extend it."""
+
+    name: str = opt("grpo", one_of(ALGORITHMS.names))
+    train_batch_size: int = opt(8, between(1))
+    normalize_std: bool = True
+    clip_low: float = opt(0.2, between(0.0, 1.0))
+    clip_high: float = opt(0.2, between(0.0))
+    dual_clip: Optional[float] = opt(None, between(1, strict_low=True, note="(or null to disable)"))
+    loss_agg: str = opt("seq-mean-token-mean", one_of(core.AGG_MODES))
+    norm_len: Optional[int] = opt(None, between(1))
+    kl_coef: float = opt(0.0, between(0.0))
+    kl_kind: str = opt("k3", one_of(core.KL_KINDS))
+    rollout_is: str = opt("auto", one_of(("auto", "none", *core.IS_LEVELS)))
+    rollout_is_threshold: float = opt(2.0, between(1.0))
+    overlong_filter: bool = False
+    overlong_punishment: bool = False
+    mini_batches_per_rollout: int = opt(1, between(1))
+    old_logp: str = opt("learner", one_of(OLD_LOGP_SOURCES))
 
 
 class Algorithm:
@@ -31,27 +54,11 @@ class Algorithm:
         # Dr.GRPO's constant length: algorithm.norm_len, or the generation budget when unset.
         self.norm_len = cfg.norm_len if cfg.norm_len is not None else max_new_tokens
 
+    schema = GRPOConfig  # the `algorithm` node's options, types and defaults
+
     @classmethod
     def validate(cls, cfg) -> None:
-        """Raise checks.ConfigError on the first invalid `algorithm.*` option (never changes the config)."""
-        a = "algorithm"
-        checks.integer(cfg, f"{a}.train_batch_size", 1)
-        checks.number(cfg, f"{a}.clip_low", 0.0, 1.0)
-        checks.number(cfg, f"{a}.clip_high", 0.0)
-        dual = checks.number(cfg, f"{a}.dual_clip", allow_none=True)
-        if dual is not None and dual <= 1.0:
-            raise checks.ConfigError(f"{a}.dual_clip={dual} must be > 1 (or null to disable)")
-        checks.choice(cfg, f"{a}.loss_agg", core.AGG_MODES)
-        checks.integer(cfg, f"{a}.norm_len", 1, allow_none=True)
-        checks.number(cfg, f"{a}.kl_coef", 0.0)
-        checks.choice(cfg, f"{a}.kl_kind", core.KL_KINDS)
-        checks.choice(cfg, f"{a}.rollout_is", ("auto", "none", *core.IS_LEVELS))
-        checks.number(cfg, f"{a}.rollout_is_threshold", 1.0)
-        checks.boolean(cfg, f"{a}.normalize_std")
-        checks.boolean(cfg, f"{a}.overlong_filter")
-        checks.boolean(cfg, f"{a}.overlong_punishment")
-        checks.integer(cfg, f"{a}.mini_batches_per_rollout", 1)
-        checks.choice(cfg, f"{a}.old_logp", OLD_LOGP_SOURCES)
+        """Raise ConfigError when options of a config typed by the schemas disagree (rules between options)."""
 
     # ---------------------------------------------------------------- which samples
     @property

@@ -2,19 +2,26 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from algorithms.base import ALGORITHMS, Algorithm, GenerateFn
-from rpo_core.common import checks
+from algorithms.base import ALGORITHMS, Algorithm, GenerateFn, GRPOConfig
+from rpo_core.common.checks import between, opt, preset
 from rpo_core.common.types import RolloutBatch
+
+
+@preset(name="dapo", clip_high=0.28, loss_agg="token-mean", kl_coef=0.0, overlong_filter=False,
+        overlong_punishment=True, mini_batches_per_rollout=4)
+@dataclass
+class DAPOConfig(GRPOConfig):
+    """conf/algorithm/dapo.yaml."""
+
+    oversample: float = opt(1.5, between(1.0))
+    max_gen_batches: int = opt(4, between(1))
 
 
 @ALGORITHMS.register("dapo")
 class DAPO(Algorithm):
-    @classmethod
-    def validate(cls, cfg) -> None:
-        super().validate(cfg)
-        checks.number(cfg, "algorithm.oversample", 1.0)
-        checks.integer(cfg, "algorithm.max_gen_batches", 1)
+    schema = DAPOConfig
 
     def collect(self, generate: GenerateFn) -> tuple[RolloutBatch, dict]:
         """Dynamic sampling: over-sample, keep only groups whose rewards differ, until the batch is full

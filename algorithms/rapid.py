@@ -3,32 +3,43 @@ policy-gradient steps on its mini-batches, each corrected by clipped importance 
 and an importance-weighted group baseline."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from algorithms import core
-from algorithms.base import ALGORITHMS, Algorithm
-from rpo_core.common import checks
+from algorithms.base import ALGORITHMS, Algorithm, GRPOConfig
 from rpo_core.common.batching import TrainBatch
+from rpo_core.common.checks import ConfigError, between, one_of, opt, preset
+
+
+@preset(name="rapid", train_batch_size=16, loss_agg="token-mean", kl_coef=0.0)
+@dataclass
+class RAPIDConfig(GRPOConfig):
+    """conf/algorithm/rapid.yaml."""
+
+    inference_batch_size: int = opt(64, between(1))
+    is_clip: float = opt(2.0, between(1.0))
+    is_level: str = opt("sequence", one_of(core.IS_LEVELS))
 
 
 @ALGORITHMS.register("rapid")
 class RAPID(Algorithm):
+    schema = RAPIDConfig
+
     @classmethod
     def validate(cls, cfg) -> None:
-        super().validate(cfg)
-        a = "algorithm"
-        B, inf = cfg.algorithm.train_batch_size, checks.integer(cfg, f"{a}.inference_batch_size", 1)
-        if inf % B:
-            raise checks.ConfigError(f"{a}.inference_batch_size={inf} must be a multiple of {a}.train_batch_size={B}")
-        checks.number(cfg, f"{a}.is_clip", 1.0)
-        checks.choice(cfg, f"{a}.is_level", core.IS_LEVELS)
+        a = cfg.algorithm
+        if a.inference_batch_size % a.train_batch_size:
+            raise ConfigError(f"algorithm.inference_batch_size={a.inference_batch_size} must be a multiple of "
+                              f"algorithm.train_batch_size={a.train_batch_size}")
         G, micro = cfg.rollout.group_size, cfg.learner.micro_batch_size
         if not cfg.learner.micro_batch_tokens and micro % G:  # its group baseline is computed inside the loss
-            raise checks.ConfigError(f"learner.micro_batch_size={micro} must be a multiple of rollout.group_size={G} "
-                                     f"for RAPID (its baseline needs whole groups in a micro-batch)")
-        if cfg.algorithm.mini_batches_per_rollout != 1:
-            raise checks.ConfigError(f"{a}.mini_batches_per_rollout={cfg.algorithm.mini_batches_per_rollout}: RAPID "
-                                     f"sets its steps per rollout as {a}.inference_batch_size / {a}.train_batch_size")
+            raise ConfigError(f"learner.micro_batch_size={micro} must be a multiple of rollout.group_size={G} "
+                              f"for RAPID (its baseline needs whole groups in a micro-batch)")
+        if a.mini_batches_per_rollout != 1:
+            raise ConfigError(f"algorithm.mini_batches_per_rollout={a.mini_batches_per_rollout}: RAPID sets its steps "
+                              f"per rollout as algorithm.inference_batch_size / algorithm.train_batch_size")
 
     @property
     def prompts_per_rollout(self) -> int:

@@ -11,14 +11,16 @@ Token ids go from the cache into the engine unchanged: nothing is decoded and re
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
-from algorithms.core import by_group
+from algorithms.core import PREFIX_RATIOS, by_group
 from cache import CacheEntry, TrajectoryCache, initialize_cache, model_fingerprint, tokenizer_fingerprint
 from cache.store import INIT_VERSION_STEP
+from rpo_core.common.checks import ConfigError, between, one_of, opt
 from rpo_core.common.types import Problem, RolloutBatch, RolloutPlan, RolloutPlanner, Sample
 from rpo_core.common.util import step_generator
 
@@ -278,3 +280,38 @@ class PartialRollout:
 
     def close(self) -> None:
         self.cache.close()
+
+
+# =====================================================================================================================
+# config: the `rpo` group's schema (conf/rpo/default.yaml, whose comments say what each option does) and its rules
+# =====================================================================================================================
+@dataclass
+class RPOConfig:
+    enabled: bool = False
+    max_truncate: int = opt("${data.rpo_max_truncate}", between(0))
+    min_truncate: int = opt(1, between(0))
+    truncate_per: str = opt("batch", one_of(TRUNCATE_PER))
+    truncate_mode: str = opt("fixed", one_of(TRUNCATE_MODES))
+    suffix_budget: str = opt("truncated", one_of(SUFFIX_BUDGETS))
+    suffix_slack: int = opt("${data.rpo_suffix_slack}", between(0))
+    prefix_in_loss: bool = True
+    prefix_ratio: str = opt("one", one_of(PREFIX_RATIOS))
+    epsilon: float = opt(0.5, between(0.0, 1.0))
+    cache_update: str = opt("epsilon_greedy", one_of(CACHE_UPDATES))
+    init: str = opt("upfront", one_of(INIT_MODES))
+    init_temperature: float = opt("${rollout.temperature}", between(0.0, strict_low=True))
+
+
+def validate_rpo(cfg) -> None:
+    """Raise ConfigError when RPO is on and its options disagree with each other or with the generation limit."""
+    rpo, max_new = cfg.rpo, cfg.rollout.max_new_tokens
+    if not rpo.enabled:
+        return
+    if rpo.max_truncate > max_new:
+        raise ConfigError(f"rpo.max_truncate={rpo.max_truncate} is larger than the generation limit "
+                          f"rollout.max_new_tokens={max_new}")
+    if rpo.min_truncate > rpo.max_truncate:
+        raise ConfigError(f"rpo.min_truncate={rpo.min_truncate} must be <= rpo.max_truncate={rpo.max_truncate}")
+    if rpo.cache_update == "static" and rpo.init != "upfront":
+        raise ConfigError(f"rpo.cache_update=static keeps the responses of the cache initialization, which "
+                          f"rpo.init={rpo.init} does not run: use rpo.init=upfront")

@@ -14,7 +14,7 @@ from rpo_core.common.registry import Registry
 
 # reward.verifier -> a scorer with `score(texts, golds) -> ScoreResult` and `close()`
 SCORERS: Registry = Registry("reward verifier")
-SCORERS.register("math")(lambda reward, data: RewardScorer.from_config(reward, style=data.get("answer_style") or reward.style))
+SCORERS.register("math")(lambda reward, data: RewardScorer.from_config(reward, style=data.answer_style or reward.style))
 SCORERS.register("length_parity")(lambda reward, data: LengthParityScorer())
 
 

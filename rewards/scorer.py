@@ -75,11 +75,9 @@ class RewardScorer:
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides) -> "RewardScorer":
-        """From the `reward` config node (DictConfig or dict); keyword overrides win (e.g. style=data.answer_style)."""
+        """From the validated `reward` config node; keyword overrides win (e.g. style=data.answer_style)."""
         keys = ("style", "num_workers", "timeout_s", "max_answer_chars", "memory_mb", "cache_size", "rel_tol")
-        kwargs = {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return cls(**{**{k: cfg[k] for k in keys}, **overrides})
 
     def judge_pairs(self, golds: list[str], preds: list[str]) -> tuple[list[str], Counter]:
         """Verdict per already-extracted (gold, prediction) pair, and counts of how each was decided."""

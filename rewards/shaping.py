@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
+CORRECTNESS = ("binary", "signed")  # reward.correctness: wrong answers score 0 | -1
 LENGTH_UNITS = ("words", "tokens")
 COSINE_UNITS = ("tokens", "chars")
 
@@ -91,14 +92,15 @@ def compose_rewards(
     word_counts: Optional[list[int]] = None,
     char_counts: Optional[list[int]] = None,
 ) -> tuple[list[float], dict[str, list[float]]]:
-    """Total reward per sample and each term (summing to the total), from the `reward` config node.
+    """Total reward per sample and each term (summing to the total), from the `reward` config node as validated
+    (rpo_core.config.validate_config: every option present).
 
     correctness: binary 1/0 or signed +1/-1. length_aware (RPO) rescales the correctness term of correct
     responses; its term is the change it makes. Its length is `word_counts` (see word_counts()) if
-    length_aware.unit is "words", the token `lengths` if "tokens" or if the node has no unit key (configs
-    written before the key existed). format: format_weight if an answer was extracted. overlong: weight * DAPO
-    soft overlong punishment of the response length in tokens. cosine: weight * open-r1's cosine-scaled reward of the
-    length in tokens, or in `char_counts` (len of each decoded completion) if cosine.unit is "chars".
+    length_aware.unit is "words", the token `lengths` if "tokens". format: format_weight if an answer was extracted.
+    overlong: weight * DAPO soft overlong punishment of the response length in tokens. cosine: weight * open-r1's
+    cosine-scaled reward of the length in tokens, or in `char_counts` (len of each decoded completion) if cosine.unit
+    is "chars".
     """
     n = len(correct)
     if not (len(has_answer) == len(lengths) == n):
@@ -106,52 +108,46 @@ def compose_rewards(
     for name, counts in (("word_counts", word_counts), ("char_counts", char_counts)):
         if counts is not None and len(counts) != n:
             raise ValueError(f"{name} has {len(counts)} values for {n} responses")
-    mode = cfg.get("correctness", "binary")
-    if mode not in ("binary", "signed"):
-        raise ValueError(f"reward.correctness must be 'binary' or 'signed', got {mode!r}")
+    if cfg.correctness not in CORRECTNESS:
+        raise ValueError(f"reward.correctness must be one of {CORRECTNESS}, got {cfg.correctness!r}")
     ok = torch.tensor(correct, dtype=torch.bool)
     L = torch.tensor(lengths, dtype=torch.float64)
-    r = torch.where(ok, 1.0, 0.0 if mode == "binary" else -1.0).to(torch.float64)
+    r = torch.where(ok, 1.0, 0.0 if cfg.correctness == "binary" else -1.0).to(torch.float64)
     parts: dict[str, Tensor] = {"correctness": r}
     total = r.clone()
 
-    la = cfg.get("length_aware") or {}
-    if la.get("enabled", False):
-        unit = la.get("unit", "tokens")  # no key: an old config, which meant tokens
-        if unit not in LENGTH_UNITS:
-            raise ValueError(f"reward.length_aware.unit must be one of {LENGTH_UNITS}, got {unit!r}")
-        if unit == "words" and word_counts is None:
+    la = cfg.length_aware
+    if la.enabled:
+        if la.unit not in LENGTH_UNITS:
+            raise ValueError(f"reward.length_aware.unit must be one of {LENGTH_UNITS}, got {la.unit!r}")
+        if la.unit == "words" and word_counts is None:
             raise ValueError("reward.length_aware.unit=words needs word_counts (rewards.shaping.word_counts of the "
                              "decoded responses); pass them or set reward.length_aware.unit=tokens")
-        la_len = torch.tensor(word_counts, dtype=torch.float64) if unit == "words" else L
-        shaped = length_aware_reward(
-            r, la_len, group_size, la.get("alpha", 0.01), la.get("low", 0.5), la.get("high", 1.0)
-        )
+        la_len = torch.tensor(word_counts, dtype=torch.float64) if la.unit == "words" else L
+        shaped = length_aware_reward(r, la_len, group_size, la.alpha, la.low, la.high)
         parts["length_aware"] = shaped - r
         total = shaped.clone()
 
-    format_weight = float(cfg.get("format_weight", 0.0) or 0.0)
-    if format_weight:
-        parts["format"] = format_weight * torch.tensor(has_answer, dtype=torch.float64)
+    if cfg.format_weight:
+        parts["format"] = cfg.format_weight * torch.tensor(has_answer, dtype=torch.float64)
         total = total + parts["format"]
 
-    co = cfg.get("cosine") or {}
-    if co.get("enabled", False):
-        unit = co.get("unit", "tokens")
-        if unit not in COSINE_UNITS:
-            raise ValueError(f"reward.cosine.unit must be one of {COSINE_UNITS}, got {unit!r}")
-        if unit == "chars" and char_counts is None:
+    co = cfg.cosine
+    if co.enabled:
+        if co.unit not in COSINE_UNITS:
+            raise ValueError(f"reward.cosine.unit must be one of {COSINE_UNITS}, got {co.unit!r}")
+        if co.unit == "chars" and char_counts is None:
             raise ValueError("reward.cosine.unit=chars needs char_counts (len of each decoded response); pass them or "
                              "set reward.cosine.unit=tokens")
-        co_len = torch.tensor(char_counts, dtype=torch.float64) if unit == "chars" else L
-        parts["cosine"] = float(co.get("weight", 1.0)) * cosine_length_reward(
-            ok, co_len, float(co.get("max_len", 1000)), co.get("min_value_wrong", 0.0), co.get("max_value_wrong", -0.5),
-            co.get("min_value_correct", 0.5), co.get("max_value_correct", 1.0))
+        co_len = torch.tensor(char_counts, dtype=torch.float64) if co.unit == "chars" else L
+        parts["cosine"] = co.weight * cosine_length_reward(
+            ok, co_len, float(co.max_len), co.min_value_wrong, co.max_value_wrong, co.min_value_correct,
+            co.max_value_correct)
         total = total + parts["cosine"]
 
-    ov = cfg.get("overlong") or {}
-    if ov.get("enabled", False):
-        parts["overlong"] = float(ov.get("weight", 1.0)) * overlong_penalty(L, int(ov["max_len"]), int(ov["cache_len"]))
+    ov = cfg.overlong
+    if ov.enabled:
+        parts["overlong"] = ov.weight * overlong_penalty(L, ov.max_len, ov.cache_len)
         total = total + parts["overlong"]
 
     return total.tolist(), {k: v.tolist() for k, v in parts.items()}

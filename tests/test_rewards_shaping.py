@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from rewards import compose_rewards, cosine_length_reward, length_aware_reward, overlong_penalty
 from rewards.shaping import LENGTH_UNITS, word_counts
+from rpo_core.schema import RewardConfig
 
 
 def test_overlong_penalty_by_hand():
@@ -56,11 +57,11 @@ def test_length_aware_reward_keeps_signed_wrong_rewards_and_validates():
 
 
 BASE = {"correctness": "binary", "format_weight": 0.0, "overlong": {"enabled": False, "max_len": 100, "cache_len": 20, "weight": 1.0},
-        "length_aware": {"enabled": False, "alpha": 0.01, "low": 0.5, "high": 1.0}}  # fmt: skip
+        "length_aware": {"enabled": False, "unit": "tokens", "alpha": 0.01, "low": 0.5, "high": 1.0}}  # fmt: skip
 
 
 def _cfg(**changes):
-    cfg = OmegaConf.create(BASE)
+    cfg = OmegaConf.merge(OmegaConf.structured(RewardConfig), BASE)  # a reward node as validation types it
     for k, v in changes.items():
         OmegaConf.update(cfg, k, v)
     return cfg
@@ -93,8 +94,8 @@ def test_compose_all_terms_by_hand_and_parts_sum_to_total():
     assert total == pytest.approx([sum(p[i] for p in parts.values()) for i in range(4)])
 
 
-def test_compose_accepts_plain_dict_and_checks_lengths():
-    total, parts = compose_rewards([True], [False], [5], 1, {"correctness": "binary", "format_weight": 0.2})
+def test_compose_format_term_and_checks_lengths():
+    total, parts = compose_rewards([True], [False], [5], 1, _cfg(format_weight=0.2))
     assert total == [1.0] and parts["format"] == [0.0]
     with pytest.raises(ValueError, match="differ in length"):
         compose_rewards([True, False], [True], [1, 2], 2, BASE)
@@ -111,7 +112,7 @@ TOKENS, WORDS = [18, 20, 22, 25], [9, 10, 12, 14]
 
 def test_length_aware_spread_in_an_all_correct_group_old_vs_authors_setting():
     la_on = {"length_aware.enabled": True}
-    old, _ = compose_rewards([True] * 4, [True] * 4, TOKENS, 4, _cfg(**la_on))  # BASE: no unit key, alpha 0.01
+    old, _ = compose_rewards([True] * 4, [True] * 4, TOKENS, 4, _cfg(**la_on))  # BASE: tokens, alpha 0.01
     # mean 85/4 = 21.25 tokens: sig(0.01 * 3.25) = sig(0.0325) = 0.508124, sig(0.0125) = 0.503125,
     # sig(-0.0075) and sig(-0.0375) < 0.5 -> clipped to 0.5: all ~0.5, spread 0.0081
     assert old == pytest.approx([0.5081242849, 0.5031249593, 0.5, 0.5])

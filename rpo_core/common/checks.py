@@ -1,28 +1,43 @@
-"""Checks of single config values: each failure names the key, the value and what is allowed (ConfigError)."""
+"""Config schemas' checks: a dataclass schema gives each option its type and default; `opt(..., check=...)` adds the
+bound or the allowed values; `typed` validates a config against a schema. Every failure is a ConfigError naming the
+key, the value and what is allowed. Rules between options (cross-field) stay with the code that owns them."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
+from typing import Any, Callable, Optional
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+
+Check = Callable[[str, Any], None]  # (full key, value) -> raise ConfigError
 
 
 class ConfigError(ValueError):
     pass
 
 
-def get(cfg, key):
-    try:
-        return OmegaConf.select(cfg, key, throw_on_missing=True)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{key}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+def opt(default: Any, check: Optional[Check] = None):
+    """A schema field: its default (lists copied per instance) and an optional check of its value (None skips it)."""
+    meta = {"check": check} if check else {}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
-def choice(cfg, key, allowed):
-    v = get(cfg, key)
-    if v not in allowed:
-        raise ConfigError(f"{key}={v!r} is not one of: {', '.join(map(str, allowed))}")
-    return v
+def preset(**defaults):
+    """Class decorator: the dataclass with other defaults (a config file that presets the options of its base)."""
+
+    def make(cls):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        new = [(k, fields[k].type, opt(v, fields[k].metadata.get("check")) if not dataclasses.is_dataclass(v) else
+                dataclasses.field(default_factory=lambda v=v: dataclasses.replace(v))) for k, v in defaults.items()]
+        made = dataclasses.make_dataclass(cls.__name__, new, bases=(cls,))
+        made.__module__ = cls.__module__  # where its annotations' names resolve
+        return made
+
+    return make
 
 
 def is_number(v) -> bool:
@@ -38,35 +53,102 @@ def _bounds(low, high, strict_low=False) -> str:
     return f"must be in {'(' if strict_low else '['}{low}, {high}]"
 
 
-def integer(cfg, key, low=None, high=None, allow_none=False):
-    v = get(cfg, key)
-    if v is None and allow_none:
-        return v
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{key}={v!r} must be an integer")
-    if (low is not None and v < low) or (high is not None and v > high):
-        raise ConfigError(f"{key}={v} {_bounds(low, high)}")
-    return v
+def between(low=None, high=None, strict_low: bool = False, note: str = "") -> Check:
+    """low <= v <= high (low < v when strict_low); NaN fails."""
+    bounds = _bounds(low, high, strict_low) + (f" {note}" if note else "")
+
+    def check(key, v):
+        if isinstance(v, float) and math.isnan(v):
+            raise ConfigError(f"{key}=nan {bounds}")
+        if (low is not None and (v <= low if strict_low else v < low)) or (high is not None and v > high):
+            raise ConfigError(f"{key}={v} {bounds}")
+
+    return check
 
 
-def number(cfg, key, low=None, high=None, allow_none=False, strict_low=False):
-    v = get(cfg, key)
-    if v is None and allow_none:
-        return v
-    if not is_number(v):
-        raise ConfigError(f"{key}={v!r} must be a number")
-    if math.isnan(v):
-        bounded = low is not None or high is not None
-        raise ConfigError(f"{key}=nan {_bounds(low, high, strict_low) if bounded else 'must be a real number'}")
-    if (low is not None and (v <= low if strict_low else v < low)) or (high is not None and v > high):
-        raise ConfigError(f"{key}={v} {_bounds(low, high, strict_low)}")
-    return v
+def one_of(allowed: "Callable[[], typing.Iterable] | typing.Iterable", fold: Callable[[str], str] = str) -> Check:
+    """v (after `fold`, e.g. str.upper) is one of `allowed`: the owner's constant, or a callable read at check time
+    (a registry fills in as modules import)."""
+
+    def check(key, v):
+        names = list(allowed() if callable(allowed) else allowed)
+        if fold(v) not in names:
+            raise ConfigError(f"{key}={v!r} is not one of: {', '.join(map(str, names))}")
+
+    return check
 
 
-def boolean(cfg, key):
-    v = get(cfg, key)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{key}={v!r} must be true or false")
-    return v
+def adam_betas(key, v) -> None:
+    if not (len(v) == 2 and all(0.0 <= b < 1.0 for b in v)):
+        raise ConfigError(f"{key}={list(v)!r} must be two numbers in [0, 1), e.g. [0.9, 0.99]")
 
 
+def select(cfg, key: str):
+    """The value at a dotted key, interpolations resolved; a missing or broken value is a ConfigError."""
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{key}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+
+
+# ---------------------------------------------------------------------------------------------- validation
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def typed(cfg: DictConfig, schema: Any) -> DictConfig:
+    """`cfg` resolved and merged into `schema` (a dataclass instance): a new config with every option of the schema,
+    the schema's defaults where `cfg` has no value, each value checked. `cfg` itself is not changed. Keys the schema
+    does not know are kept unchecked (an experiment bundle may set another algorithm's option; Hydra refuses a typo
+    on the command line before this runs)."""
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+    out = OmegaConf.structured(schema)
+    _set_struct(out, False)
+    try:
+        out.merge_with(raw)
+    except ValidationError as e:
+        key = e.full_key.split("[")[0]
+        kind = _KINDS.get(_annotation(type(schema), key), "a list of numbers" if "[" in e.full_key else "valid")
+        value = e.value if "[" not in e.full_key else OmegaConf.select(OmegaConf.create(raw), key)
+        raise ConfigError(f"{key}={value!r} must be {kind}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key}: {str(e).splitlines()[0]}") from None
+    _set_struct(out, None)
+    OmegaConf.set_struct(out, True)
+    _check(out, raw, "")
+    return out
+
+
+def _set_struct(node: DictConfig, flag: Optional[bool]) -> None:
+    OmegaConf.set_struct(node, flag)
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _set_struct(child, flag)
+
+
+def _annotation(cls, key: str):
+    """The scalar type a dotted key has in a (nested) dataclass schema, Optional unwrapped."""
+    for part in key.split("."):
+        hints = typing.get_type_hints(cls)
+        cls = hints.get(part, Any)
+        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        cls = args[0] if typing.get_origin(cls) is typing.Union and len(args) == 1 else cls
+    return cls
+
+
+def _check(node: DictConfig, raw: Any, prefix: str) -> None:
+    """Each field's check, in schema order, on the value as given (an integer given for a number stays 0, not 0.0)."""
+    raw = raw if isinstance(raw, dict) else {}
+    for f in dataclasses.fields(OmegaConf.get_type(node)):
+        key = prefix + f.name
+        if OmegaConf.is_missing(node, f.name):
+            raise ConfigError(f"{key} must be set (it has no default)")
+        v, given = node[f.name], raw.get(f.name)
+        if isinstance(v, DictConfig):
+            _check(v, given, key + ".")
+        elif v is not None and "check" in f.metadata:
+            v = list(v) if isinstance(v, ListConfig) else given if is_number(given) and is_number(v) else v
+            f.metadata["check"](key, v)
