@@ -261,6 +261,8 @@ def summarize_run(run: Run) -> dict:
         "cache_init_tokens": step0.get("cache_init_tokens") if rpo else None,
         "eval_time_s": sum(r.get("time_eval") or 0.0 for r in steps),
         "wall_time_s": last.get("wall_time"),
+        # RPO: the share of cache hits that read an entry a training step wrote (not the initialization), over steps
+        "cache_trained_share": _mean_of(steps, "cache_trained_share") if rpo else None,
     }
     s["total_time_s"] = None if s["train_time_s"] is None else s["train_time_s"] + (cache_init or 0.0)
 
@@ -285,6 +287,22 @@ def summarize_run(run: Run) -> dict:
     else:
         s.update(status="ok", error=None)
     return s
+
+
+def _mean_of(records: list[dict], key: str) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def guard_table(evaluations: list[dict]) -> str:
+    """The collapse guard along each run: at every rpo-eval checkpoint, accuracy beside the evaluated response length
+    and the direct-answer share (a policy that learns by dropping its reasoning shortens and answers at once)."""
+    table = [[run["method"], str(run["seed"]), str(e["step"]), fmt(e.get("train_wall_s"), 0),
+              fmt(e.get("greedy_accuracy")), fmt(e.get("sampled_accuracy")), fmt(e.get("response_len"), 1),
+              fmt(e.get("sampled_response_len"), 1), fmt(e.get("direct_answer_share")), fmt(e.get("probe_accuracy"))]
+             for run in evaluations for e in run["evals"]]
+    return md_table(["method", "seed", "step", "train_wall_s", "greedy", "sampled", "greedy len", "sampled len",
+                     "direct answers", "probe"], table)
 
 
 def common_overrides(runs: list[Run]) -> set[str]:
@@ -450,7 +468,8 @@ METHOD_HEADER = ["method", "runs ok/total", "acc before", "acc after", "gen toke
                  "train time s", "cache init s", "total time s (incl. cache init)", "tokens/sample vs base",
                  "rollout time vs base", "train time vs base", "total time vs base", "acc after − base"]
 RUN_HEADER = ["method", "seed", "status", "acc before", "acc after", "gen tokens/sample", "rollout s/step",
-              "train time s", "cache init s", "command", "path", "accuracy from", "host CPU"]
+              "train time s", "cache init s", "command", "path", "accuracy from", "host CPU",
+              "cache hits on trained entries"]
 
 
 def method_table(methods: list[dict]) -> str:
@@ -496,7 +515,8 @@ def run_table(rows: list[dict]) -> str:
         table.append([r["method"], seed, status, fmt(r["acc_before"]), fmt(r["acc_after"]),
                       fmt(r["tokens_per_sample"], 1), fmt(r["rollout_s_per_step"], 2), fmt(r["train_time_s"], 1),
                       fmt(r["cache_init_s"], 1) if rpo else "-", f"`{r['command']}`", f"`{r['path']}`",
-                      r["acc_source"], r["host"] or "not recorded"])
+                      r["acc_source"], r["host"] or "not recorded",
+                      fmt(r["cache_trained_share"], missing="not recorded") if rpo else "-"])
     return md_table(RUN_HEADER, table)
 
 
@@ -533,6 +553,8 @@ def render_markdown(report: dict) -> str:
         if setting:
             out += [f"### Setting: `{setting}`", ""]
         out += render_curves(analysis)
+    if report["evaluations"]:
+        out += ["## Collapse guard: each run's evaluations (rpo-eval)", "", guard_table(report["evaluations"]), ""]
     out += ["## Runs", "", run_table(rows), ""]
     hosts = hosts_note([r["host"] for r in rows])
     out += [hosts, ""] if hosts else []
@@ -767,7 +789,9 @@ def build_report(sweep_dir: Path, out_dir: Path, baseline: str = "grpo", command
     report = {"sweep_dir": str(sweep_dir), "baseline": baseline, "report_command": command,
               "common_overrides": sorted(common_overrides(runs)),
               "runs": rows, "methods": methods, "rapid": rapid_comparisons(methods),
-              "curves": curve_analyses(rows, by_path, baseline, targets, wall_time), "plots": list(plots)}
+              "curves": curve_analyses(rows, by_path, baseline, targets, wall_time), "plots": list(plots),
+              "evaluations": [{"method": r["method"], "seed": r["seed"], "evals": by_path[r["path"]].evals}
+                              for r in rows if by_path[r["path"]].evals]}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = _colors(list(dict.fromkeys(label for label, _ in ok)))

@@ -302,6 +302,11 @@ def eval_sweep(tmp_path: Path) -> Path:
         job = write_run(d / str(i), "grpo", seed, rpo=rpo, acc=(0.25, 0.9), cache_init=5.0 if rpo else None,
                         steps=[gen(40, 2, 4)] * 3)
         add_eval(job, greedy, [0.0, 10.0, 20.0, 30.0] if not rpo else [0.0, 8.0, 16.0, 24.0], host)
+        if rpo and seed == 0:  # the planner's per-step share of cache hits on entries training wrote
+            rows = [json.loads(ln) for ln in (job / "metrics.jsonl").read_text().splitlines() if ln.startswith("{")]
+            for r, share in zip([r for r in rows if r["step"] >= 1], (0.0, 0.25, 0.5)):
+                r["cache_trained_share"] = share
+            (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with (d / "0" / "eval.jsonl").open("a") as f:  # rpo-eval re-run on two checkpoints with other settings: not read
         for step in (0, 3):
             f.write(json.dumps({"step": step, "train_wall_s": 10.0 * step, "greedy_accuracy": 0.99, "k": 4,
@@ -331,7 +336,11 @@ def test_eval_jsonl_feeds_accuracies_hosts_paired_table_and_plot(eval_sweep: Pat
     table1 = md.split("## Table 1", 1)[1].split("##", 1)[0]
     assert "Hosts mixed: Zen3 (1 run); Zen4 (3 runs)" in table1
     assert "pairs spanning two hosts (seed 1)" in md
-    assert table_rows(md, "## Runs")[0][-2:] == ["rpo-eval (n=500, k=4, temperature 0.7)", "Zen4"]
+    runs_table = table_rows(md, "## Runs")
+    assert runs_table[0][-3:] == ["rpo-eval (n=500, k=4, temperature 0.7)", "Zen4", "-"]
+    assert sorted(r[-1] for r in runs_table if "+RPO" in r[0]) == ["0.250", "not recorded"]  # seed 1 logged none
+    guard = table_rows(md, "## Collapse guard")  # every checkpoint of every run, the other-settings rows left out
+    assert len(guard) == 16 and ["grpo+RPO", "1", "3", "24", "0.450", "0.400"] == guard[-1][:6]
     assert any("eval.jsonl holds 2 rpo-eval settings: read n_problems=500" in n for n in rows[("grpo", 0)]["notes"])
     assert "accuracy_vs_train_wall.png" in report["plots"]
     img = mpimg.imread(out / "accuracy_vs_train_wall.png")
