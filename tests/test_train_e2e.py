@@ -38,6 +38,19 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(complete_checkpoints(out)[-1] / "hf" / "model.safetensors")
 
 
+def parity_prompt_tokens(model_path: str) -> int:
+    """Tokens of a parity training prompt under the tiny model's tokenizer (all have the same count)."""
+    from transformers import AutoTokenizer
+
+    from conftest import compose
+    from rpo_core.data import load_problems
+
+    problems = load_problems(compose("model=tiny", "data=parity").data, AutoTokenizer.from_pretrained(model_path))
+    lengths = {len(p.prompt_ids) for p in problems.train}
+    assert len(lengths) == 1, lengths
+    return lengths.pop()
+
+
 def assert_policy_moved(out: Path, initial_path: str) -> None:
     """Nonzero rewards varied inside groups, gradients were nonzero, and the weights changed (weight decay is 0, so
     only the policy gradient can have moved them)."""
@@ -59,7 +72,9 @@ def test_two_step_grpo_run_logs_every_phase(tmp_path, tiny_model_path):
         assert not missing, missing
         assert r["rollout_tokens"] > 0 and r["time_step"] > 0
         assert r["rollout_tokens_per_s"] == pytest.approx(r["rollout_tokens"] / r["time_rollout"])
-        assert r["train_tokens_per_s"] > r["rollout_tokens"] / r["time_train"]  # prompts are trained tokens too
+        # prompt + response tokens of the step's mini-batch per second of the train phase
+        trained = r["samples"] * (parity_prompt_tokens(tiny_model_path) + r["response_len_mean"])
+        assert r["train_tokens_per_s"] == pytest.approx(trained / r["time_train"])
         assert r["synced_tensors"] > 0
         # fp32 vLLM and fp32 learner score the same sampled tokens almost identically
         assert 0 <= r["logprob_mismatch"] < 1e-3
