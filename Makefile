@@ -2,6 +2,7 @@
 # make test  : set up .venv (if missing) and run the test suite: the fast tier and the full end-to-end tier (CI)
 # make test-fast : the fast tier only (unit tests; no end-to-end vLLM + DeepSpeed runs)
 # make warm-start : SFT the model on data=compositional's traces into .cache/models/compositional-warm (RL's reasoner start)
+# make paper-regime : GRPO vs GRPO+RPO from the warm start on equal wall-time budgets (experiments/paper_regime.py; resumable)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +14,7 @@ export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup train test test-fast warm-start bench clean-cache
+.PHONY: setup train test test-fast warm-start paper-regime bench clean-cache
 
 setup: $(STAMP)
 
@@ -45,6 +46,11 @@ test-fast: setup
 # The warm-started reasoner of the RPO vs GRPO comparison (issue 28): deterministic, skipped when already complete.
 warm-start: setup
 	$(PY) experiments/make_warm_start.py $(ARGS)
+
+# The paper's regime in miniature (issue 29): warm start, pilot, plan, seed pairs, rpo-eval, report; every stage
+# skips what is complete. Timed stages refuse a busy machine. ARGS="--stage pairs --seeds 3 4" runs a part.
+paper-regime: setup
+	$(PY) experiments/paper_regime.py $(ARGS)
 
 bench: setup
 	$(PY) experiments/bench_rollout.py

@@ -8,7 +8,7 @@ wall-time budgets, paired by seed. One command remakes it; every stage resumes a
 Stages, in order (`all` runs them in turn):
   warm       `make warm-start` (remade on each host: floating point differs between CPUs); its sha256 is recorded
   pilot      GRPO, seed 0, PILOT_STEPS steps, a checkpoint every PILOT_SAVE_EVERY steps; rpo-eval on each
-  calibrate  a short GRPO run alone on the host: start-up seconds and seconds per step, for T
+  calibrate  short runs of both arms alone on the host: start-up and seconds per step (GRPO's sets T), tokens/sample
   plan       T, the checkpoint grid and the targets, fixed from the pilot before any comparison run: plan.json, which is
              never rewritten (delete it to plan again)
   pairs      per seed: GRPO, then GRPO+RPO, each with trainer.time_budget_s = T, on one host, one after the other
@@ -112,37 +112,42 @@ def stage_pilot(args) -> None:
     out = args.out / "pilot"
     if not finished(out, steps=PILOT_STEPS):
         train(out, 0, [f"trainer.total_steps={PILOT_STEPS}", f"trainer.save_every={PILOT_SAVE_EVERY}",
-                       f"trainer.eval_every={PILOT_SAVE_EVERY}", "trainer.eval_size=200"])
+                       "trainer.eval_every=0"])
     evaluate(out)
 
 
 def stage_calibrate(args) -> None:
-    out = args.out / "calibrate"
-    if not finished(out, steps=CALIBRATION_STEPS):
-        timed("calibrate", out, args.allow_load,
-              lambda: train(out, 0, [f"trainer.total_steps={CALIBRATION_STEPS}", "trainer.eval_every=0"]))
+    """Each arm for CALIBRATION_STEPS steps, alone on the host: start-up and step seconds by phase, tokens per sample."""
+    for arm, overrides in ARMS.items():
+        out = args.out / "calibrate" / arm
+        if not finished(out, steps=CALIBRATION_STEPS):
+            timed(arm, out.parent, args.allow_load, lambda: train(out, 0, [
+                f"trainer.total_steps={CALIBRATION_STEPS}", "trainer.eval_every=0", *overrides]))
+
+
+PLAN_RULE = ("plateau = mean greedy accuracy of the pilot's last three checkpoints; plateau step = its first checkpoint "
+             "at or above that; T = MARGIN x (start-up + plateau step x the calibrated GRPO seconds per step), rounded "
+             "up to a minute; checkpoints every T / GRID_PARTS; targets 90% and 100% of the plateau")
 
 
 def plan_from(pilot_evals: list[dict], calibration: list[dict]) -> dict:
-    """T, grid and targets from the pilot (greedy accuracy on EVAL_SIZE problems per checkpoint, by step) and the
-    calibration run (seconds): plateau = mean of the pilot's last three checkpoints; its step = the first checkpoint
-    at or above it; T = MARGIN x (start-up + that many steps at the calibrated seconds per step)."""
+    """T, grid and targets (PLAN_RULE) from the pilot's rpo-eval rows and the calibration run's metrics rows."""
     curve = sorted((r["step"], r["greedy_accuracy"]) for r in pilot_evals)
     plateau = statistics.fmean(acc for _, acc in curve[-3:])
     plateau_step = next(step for step, acc in curve if acc >= plateau)
-    startup = calibration[0]["train_wall_s"]
-    per_step = statistics.median(r["time_step"] for r in calibration[2:])
+    startup = next(r["train_wall_s"] for r in calibration if r["step"] == 0)
+    per_step = statistics.median(r["time_step"] for r in calibration if r["step"] >= 2)  # step 1 warms up
     T = math.ceil(MARGIN * (startup + plateau_step * per_step) / 60) * 60
-    return {"T_s": T, "save_every_s": T // GRID_PARTS, "plateau_accuracy": plateau, "plateau_step": plateau_step,
+    return {"T_s": T, "save_every_s": T / GRID_PARTS, "plateau_accuracy": plateau, "plateau_step": plateau_step,
             "targets": [round(0.9 * plateau, 4), round(plateau, 4)], "startup_s": startup, "step_s": per_step,
-            "pilot_curve": curve, "rule": plan_from.__doc__.split(": ", 1)[1].replace("\n   ", "")}
+            "pilot_curve": curve, "rule": PLAN_RULE}
 
 
 def stage_plan(args) -> dict:
     path = args.out / "plan.json"
     if not path.is_file():
         evals = [r for r in rows(args.out / "pilot" / "eval.jsonl") if r.get("n_problems") == EVAL_SIZE]
-        plan = plan_from(evals, rows(args.out / "calibrate" / "metrics.jsonl"))
+        plan = plan_from(evals, rows(args.out / "calibrate" / "grpo" / "metrics.jsonl"))
         plan["host"], plan["warm_sha256"] = host(), warm_sha256()
         path.write_text(json.dumps(plan, indent=1) + "\n")
     return json.loads(path.read_text())
