@@ -24,8 +24,7 @@ from hydra import compose, initialize_config_dir
 from rewards import build_scorer
 from rpo_core.config import validate_config
 with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base=None):
-    cfg = compose(config_name="config", overrides=["reward.verifier=last_line"])
-validate_config(cfg)
+    cfg = validate_config(compose(config_name="config", overrides=["reward.verifier=last_line"]))
 result = build_scorer(cfg.reward, cfg.data).score(["The capital is\\nParis", "Lyon", "", "Paris\\n"],
                                                   ["Paris", "Paris", "Paris", "Paris"])
 print(json.dumps({"correct": result.correct, "has_answer": result.has_answer}))
@@ -37,8 +36,7 @@ from rpo_core.config import validate_config
 from rpo_core.data import load_problems
 from rpo_core.models import prepare_model
 with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base=None):
-    cfg = compose(config_name="config", overrides=[*overrides, "model=tiny"])
-validate_config(cfg)
+    cfg = validate_config(compose(config_name="config", overrides=[*overrides, "model=tiny"]))
 splits = load_problems(cfg.data, AutoTokenizer.from_pretrained(prepare_model(cfg.model)))
 print(json.dumps({"name": cfg.data.name, "skipped": splits.skipped["total"],
                   "train": [[p.question, p.gold] for p in splits.train], "test": [[p.question, p.gold] for p in splits.test]}))
@@ -68,12 +66,13 @@ def test_the_readme_marks_every_worked_example():
 
 
 def test_add_an_algorithm_trains_with_it(tmp_path):
-    """The registered class is the one that trained: its advantages are +-1, so the mean |A| of a step is the share of
-    groups whose rewards differ (GRPO's normalised advantages give 0.75-0.87 in such a group of 4)."""
+    """The registered class is the one that trained: its advantages are +-1 (binary rewards in groups of 4 lie at
+    least 0.25 from their mean, beyond the dead zone), so the mean |A| of a step is the share of groups whose rewards
+    differ; GRPO's normalised advantages give 0.75-0.87 in such a group."""
     run_example("algorithm", tmp_path)
     out = tmp_path / "runs" / "sign_grpo"
-    cfg = OmegaConf.load(out / "config.yaml")  # the resolved config the run saved
-    assert cfg.algorithm.name == "sign_grpo"
+    cfg = OmegaConf.load(out / "config.yaml")  # the checked config the run saved
+    assert cfg.algorithm.name == "sign_grpo" and cfg.algorithm.dead_zone == 0.1  # the example's own option
     rows = metrics(out)
     assert [r["step"] for r in rows] == [0, 1, 2]
     group_size = cfg.rollout.group_size
