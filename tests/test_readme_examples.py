@@ -38,8 +38,8 @@ from rpo_core.models import prepare_model
 with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base=None):
     cfg = validate_config(compose(config_name="config", overrides=[*overrides, "model=tiny"]))
 splits = load_problems(cfg.data, AutoTokenizer.from_pretrained(prepare_model(cfg.model)))
-print(json.dumps({"name": cfg.data.name, "skipped": splits.skipped["total"],
-                  "train": [[p.question, p.gold] for p in splits.train], "test": [[p.question, p.gold] for p in splits.test]}))
+rows = {split: [[p.question, p.gold] for p in getattr(splits, split)] for split in ("train", "test")}
+print(json.dumps({"name": cfg.data.name, "skipped": splits.skipped["total"], **rows}))
 """
 
 
