@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
 from rollout import ENGINES
-from rpo_core.config import validate_config
+from rpo_core.config import ConfigError, validate_config
 from rpo_core.data import SOURCES
 from rpo_core.evaluate import EvalConfig, validate_eval_config
 from rpo_core.schema import DATA_SOURCES, ENGINE_SCHEMAS, SCHEMAS, TrainConfig
@@ -95,3 +95,19 @@ def test_eval_and_sft_configs_validate(tmp_path):
     from rpo_core.sft import validate_sft_config
 
     validate_sft_config(compose_named("sft", f"sft.train_file={rows}"))
+
+
+def test_the_entry_points_validate_what_they_are_given(tmp_path):
+    """train(), sft() and evaluate() called from Python refuse a bad config before building anything (a missing
+    model folder would otherwise be the first error)."""
+    from rpo_core.evaluate import evaluate
+    from rpo_core.sft import sft
+    from rpo_core.train import train
+
+    nowhere = [f"model.path={tmp_path / 'nowhere'}", "model=path"]
+    with pytest.raises(ConfigError, match="trainer.total_steps=0 must be >= 1"):
+        train(compose(*nowhere, "trainer.total_steps=0", f"trainer.output_dir={tmp_path / 'run'}"))
+    with pytest.raises(ConfigError, match="sft.epochs=0 must be >= 1"):
+        sft(compose_named("sft", *nowhere, "sft.epochs=0", f"sft.train_file={tmp_path}", f"sft.output_dir={tmp_path}"))
+    with pytest.raises(ConfigError, match="eval.samples=-1 must be >= 0"):
+        evaluate(compose_named("eval", *nowhere, "eval.samples=-1", f"eval.output={tmp_path / 'eval.jsonl'}"))

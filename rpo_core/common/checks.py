@@ -93,6 +93,13 @@ def select(cfg, key: str):
 
 # ---------------------------------------------------------------------------------------------- validation
 _KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_ITEMS = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+
+
+def _kind(annotation) -> str:
+    if typing.get_origin(annotation) is list:
+        return f"a list of {_ITEMS.get(typing.get_args(annotation)[0], 'values')}"
+    return _KINDS.get(annotation, f"of type {getattr(annotation, '__name__', annotation)}")
 
 
 def typed(cfg: DictConfig, schema: Any) -> DictConfig:
@@ -109,10 +116,9 @@ def typed(cfg: DictConfig, schema: Any) -> DictConfig:
     try:
         out.merge_with(raw)
     except ValidationError as e:
-        key = e.full_key.split("[")[0]
-        kind = _KINDS.get(_annotation(type(schema), key), "a list of numbers" if "[" in e.full_key else "valid")
-        value = e.value if "[" not in e.full_key else OmegaConf.select(OmegaConf.create(raw), key)
-        raise ConfigError(f"{key}={value!r} must be {kind}") from None
+        key = e.full_key.split("[")[0]  # a list's item: the list is named
+        value = e.value if key == e.full_key else OmegaConf.select(OmegaConf.create(raw), key)
+        raise ConfigError(f"{key}={value!r} must be {_kind(_annotation(schema, key))}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{e.full_key}: {str(e).splitlines()[0]}") from None
     _set_struct(out, None)
@@ -122,21 +128,21 @@ def typed(cfg: DictConfig, schema: Any) -> DictConfig:
 
 
 def _set_struct(node: DictConfig, flag: Optional[bool]) -> None:
+    """Set (None: inherit) the struct flag of a node and of every dict below it: a structured config sets each."""
     OmegaConf.set_struct(node, flag)
-    for key in node:
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+    for _, child in node.items_ex(resolve=False):
+        if isinstance(child, DictConfig):
             _set_struct(child, flag)
 
 
-def _annotation(cls, key: str):
-    """The scalar type a dotted key has in a (nested) dataclass schema, Optional unwrapped."""
-    for part in key.split("."):
-        hints = typing.get_type_hints(cls)
-        cls = hints.get(part, Any)
-        args = [a for a in typing.get_args(cls) if a is not type(None)]
-        cls = args[0] if typing.get_origin(cls) is typing.Union and len(args) == 1 else cls
-    return cls
+def _annotation(schema, key: str):
+    """The type a dotted key has in a schema (a dataclass instance, its variants in place), Optional unwrapped."""
+    *parents, name = key.split(".")
+    for part in parents:
+        schema = getattr(schema, part)
+    hint = typing.get_type_hints(type(schema)).get(name, Any)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
 
 
 def _check(node: DictConfig, raw: Any, prefix: str) -> None:
