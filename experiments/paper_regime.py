@@ -57,7 +57,7 @@ EXTRAS = {  # single runs, seed 0, same T: clearly marked as such in the report
 }
 PILOT_STEPS, PILOT_SAVE_EVERY = 60, 5
 CALIBRATION_STEPS = 6   # steps 2..6 give the seconds per step (step 1 warms up)
-EVAL_SIZE, EVAL_SAMPLES = 500, 2
+EVAL_SIZE, EVAL_SAMPLES = 500, 2  # 2 samples triple the tokens greedy alone generates
 MARGIN = 1.25           # T = this x the pilot's (calibrated) time to its plateau
 GRID_PARTS = 4          # checkpoints about every T / GRID_PARTS
 MAX_LOAD = 0.5          # 1-minute load average allowed before a timed run
@@ -113,7 +113,7 @@ def stage_pilot(args) -> None:
     if not finished(out, steps=PILOT_STEPS):
         train(out, 0, [f"trainer.total_steps={PILOT_STEPS}", f"trainer.save_every={PILOT_SAVE_EVERY}",
                        "trainer.eval_every=0"])
-    evaluate(out)
+    evaluate(out, samples=0)  # the plan reads greedy accuracy; 500 problems x 2 samples would triple the cost
 
 
 def stage_calibrate(args) -> None:
@@ -180,9 +180,8 @@ def stage_extras(args) -> None:
     stage_pairs(args, arms=EXTRAS, seeds=[0], folder="extras")
 
 
-def evaluate(run_dir: Path) -> None:
-    run([sys.executable, "-m", "rpo_core.evaluate", f"run={run_dir}", f"eval.size={EVAL_SIZE}",
-         f"eval.samples={EVAL_SAMPLES}"])
+def evaluate(run_dir: Path, samples: int = EVAL_SAMPLES) -> None:
+    run([sys.executable, "-m", "rpo_core.evaluate", f"run={run_dir}", f"eval.size={EVAL_SIZE}", f"eval.samples={samples}"])
 
 
 def stage_eval(args) -> None:
