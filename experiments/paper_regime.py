@@ -61,6 +61,7 @@ EVAL_SIZE, EVAL_SAMPLES = 500, 2  # 2 samples triple the tokens greedy alone gen
 MARGIN = 1.25           # T = this x the pilot's (calibrated) time to its plateau
 GRID_PARTS = 4          # checkpoints about every T / GRID_PARTS
 MAX_LOAD = 0.5          # 1-minute load average allowed before a timed run
+LOAD_WAIT_S = 300       # how long a timed run waits for the load to fall below MAX_LOAD before refusing
 
 
 def run(cmd: list[str]) -> None:
@@ -93,6 +94,9 @@ def host() -> str:
 
 def timed(label: str, out: Path, allow_load: bool, fn) -> None:
     """Run fn alone on the machine, with the load average before and after on record in <out>/load.json."""
+    deadline = time.time() + LOAD_WAIT_S  # the load average lags: the previous run's own load takes minutes to decay
+    while os.getloadavg()[0] > MAX_LOAD and time.time() < deadline and not allow_load:
+        time.sleep(10)
     before = os.getloadavg()[0]
     if before > MAX_LOAD and not allow_load:
         raise SystemExit(f"error: load average {before:.2f} > {MAX_LOAD} before {label}: a timed run needs the machine "
