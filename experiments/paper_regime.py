@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rpo_core.metrics import host_cpu as host  # noqa: E402  (the CPU model, as every metrics row records it)
 WARM = ROOT / ".cache" / "models" / "compositional-warm"
 RESULTS = ROOT / "experiments" / "results" / "paper_regime"
 
@@ -84,12 +87,6 @@ def finished(out: Path, budget_s: float | None = None, steps: int | None = None)
     last = rows(out / "metrics.jsonl")[-1:] or [{}]
     return (steps is not None and last[0].get("step", 0) >= steps) or (
         budget_s is not None and last[0].get("train_wall_s", 0) >= budget_s and last[0].get("step", 0) > 0)
-
-
-def host() -> str:
-    sys.path.insert(0, str(ROOT))
-    from rpo_core.metrics import host_cpu
-    return host_cpu()
 
 
 def timed(label: str, out: Path, allow_load: bool, fn) -> None:
