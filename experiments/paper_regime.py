@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rpo_core.evaluate import append_row, read_rows as rows  # noqa: E402
 from rpo_core.metrics import host_cpu as host  # noqa: E402  (the CPU model, as every metrics row records it)
 WARM = ROOT / ".cache" / "models" / "compositional-warm"
 RESULTS = ROOT / "experiments" / "results" / "paper_regime"
@@ -78,10 +79,6 @@ def train(out: Path, seed: int, extra: list[str]) -> None:
     run([sys.executable, "-m", "rpo_core.train", *SETTING, f"seed={seed}", f"trainer.output_dir={out}", *extra])
 
 
-def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def finished(out: Path, budget_s: float | None = None, steps: int | None = None) -> bool:
     """The run reached its step count or its time budget (its last row says so)."""
     last = rows(out / "metrics.jsonl")[-1:] or [{}]
@@ -99,9 +96,8 @@ def timed(label: str, out: Path, allow_load: bool, fn) -> None:
         raise SystemExit(f"error: load average {before:.2f} > {MAX_LOAD} before {label}: a timed run needs the machine "
                          f"to itself (or pass --allow-load; the run is then marked)")
     fn()
-    record = rows(out / "load.json") + [{"label": label, "load_before": before, "load_after": os.getloadavg()[0],
-                                         "host": host(), "allow_load": allow_load, "time": time.time()}]
-    (out / "load.json").write_text("\n".join(json.dumps(r) for r in record) + "\n")
+    append_row(out / "load.json", {"label": label, "load_before": before, "load_after": os.getloadavg()[0],
+                                    "host": host(), "allow_load": allow_load, "time": time.time()})
 
 
 # ---- stages --------------------------------------------------------------------------------------------------------
