@@ -179,13 +179,18 @@ def stage_extras(args) -> None:
     stage_pairs(args, arms=EXTRAS, seeds=[0], folder="extras")
 
 
-def evaluate(run_dir: Path, samples: int = EVAL_SAMPLES) -> None:
-    run([sys.executable, "-m", "rpo_core.evaluate", f"run={run_dir}", f"eval.size={EVAL_SIZE}", f"eval.samples={samples}"])
+def evaluate(run_dir: Path, samples: int = EVAL_SAMPLES, checkpoints: str = "all") -> None:
+    run([sys.executable, "-m", "rpo_core.evaluate", f"run={run_dir}", f"eval.size={EVAL_SIZE}", f"eval.samples={samples}",
+         f"eval.checkpoints={checkpoints}"])
 
 
 def stage_eval(args) -> None:
-    for run_dir in sorted(p.parent for p in args.out.glob("*/seed*/*/metrics.jsonl")):
-        evaluate(run_dir)
+    """Greedy accuracy at T for every run first, then the greedy curves, then the sampled ones (3x the tokens): an
+    interrupted evaluation has the comparison's main read-out first."""
+    runs = sorted(p.parent for p in args.out.glob("*/seed*/*/metrics.jsonl"))
+    for samples, checkpoints in ((0, "last"), (0, "all"), (EVAL_SAMPLES, "all")):
+        for run_dir in runs:
+            evaluate(run_dir, samples, checkpoints)
 
 
 def stage_report(args) -> None:

@@ -42,6 +42,7 @@ from rpo_core.schema import DEVICES, train_schema
 log = logging.getLogger("rpo")
 # Settings that make two evaluations of one checkpoint comparable: a row with other values is not "already done".
 SETTINGS = ("n_problems", "k", "temperature", "max_new_tokens", "probe_prefix")
+CHECKPOINT_CHOICES = ("all", "last")  # with run=: every complete checkpoint, or only the newest
 
 
 @dataclass
@@ -55,6 +56,7 @@ class EvalOptions:
     probe_prefix: Optional[str] = "Answer:"
     probe_max_new_tokens: int = opt(16, between(1))
     include_start: bool = True
+    checkpoints: str = opt("all", one_of(CHECKPOINT_CHOICES))
     output: Optional[str] = None
 
 
@@ -259,7 +261,7 @@ def eval_targets(cfg: DictConfig, model_path: str, checkpoints: list[Path]) -> l
     if not cfg.run:
         return [(Path(model_path).name, None, {**start[2], "train_wall_s": None})]
     targets = [start] if cfg.eval.include_start else []
-    for path in checkpoints:
+    for path in checkpoints[-1:] if cfg.eval.checkpoints == "last" else checkpoints:
         weights = path / "hf" / "model.safetensors"
         targets.append((path.name, weights, read_meta(path)))
     return targets

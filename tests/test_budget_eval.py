@@ -60,9 +60,12 @@ def test_rpo_eval_agrees_with_the_in_run_evaluation_and_skips_what_is_done(tmp_p
     rpo_train(tmp_path, "trainer.total_steps=2", "trainer.save_every=1", "trainer.keep_last=2", "trainer.eval_every=1")
     (tmp_path / "checkpoints" / ".tmp-step_000003").mkdir()  # an interrupted save
     overrides = [f"run={tmp_path}", "eval.size=8", "eval.samples=2", "eval.probe_prefix=null"]
+    rpo_eval(*overrides, "eval.checkpoints=last")  # the end first, the curve on the next call
+    assert [r["checkpoint"] for r in eval_rows(tmp_path)] == ["start", "step_000002"]
     proc = rpo_eval(*overrides)
     assert "skipping" in proc.stderr and ".tmp-step_000003" in proc.stderr
-    rows, in_run = eval_rows(tmp_path), {r["step"]: r for r in metrics(tmp_path)}
+    assert "2 already in" in proc.stdout
+    rows, in_run = sorted(eval_rows(tmp_path), key=lambda r: r["step"]), {r["step"]: r for r in metrics(tmp_path)}
     assert [(r["checkpoint"], r["step"]) for r in rows] == [("start", 0), ("step_000001", 1), ("step_000002", 2)]
     for r in rows:
         assert r["n_problems"] == 8 and r["k"] == 2 and r["sampled_accuracy"] is not None
