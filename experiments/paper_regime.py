@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from rpo_core.evaluate import append_row, read_rows as rows  # noqa: E402
 from rpo_core.metrics import host_cpu as host  # noqa: E402  (the CPU model, as every metrics row records it)
+from experiments.report import copy_runs, find_run_dirs, load_run  # noqa: E402
 WARM = ROOT / ".cache" / "models" / "compositional-warm"
 RESULTS = ROOT / "experiments" / "results" / "paper_regime"
 
@@ -194,9 +196,16 @@ def stage_eval(args) -> None:
 
 
 def stage_report(args) -> None:
+    """rpo-report over the pairs; every run's record (never a checkpoint) and the plan, host and load files into
+    RESULTS, in the --out layout."""
     plan = stage_plan(args)
-    run([sys.executable, "-m", "experiments.report", str(args.out / "pairs"), "--out", str(RESULTS), "--copy-runs",
+    run([sys.executable, "-m", "experiments.report", str(args.out / "pairs"), "--out", str(RESULTS),
          "--targets", *map(str, plan["targets"]), "--wall-time", str(plan["T_s"])])
+    copy_runs([load_run(d) for d in find_run_dirs(args.out)], args.out, RESULTS)
+    for path in [args.out / "plan.json", *args.out.glob("**/pair.json"), *args.out.glob("**/load.json")]:
+        dest = RESULTS / (path.name if path.name == "plan.json" else Path("runs") / path.relative_to(args.out))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
 
 
 STAGES = {"warm": stage_warm, "pilot": stage_pilot, "calibrate": stage_calibrate, "plan": stage_plan,
