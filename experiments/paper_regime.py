@@ -202,8 +202,9 @@ def stage_report(args) -> None:
     run([sys.executable, "-m", "experiments.report", str(args.out / "pairs"), "--out", str(RESULTS),
          "--targets", *map(str, plan["targets"]), "--wall-time", str(plan["T_s"])])
     copy_runs([load_run(d) for d in find_run_dirs(args.out)], args.out, RESULTS)
-    for path in [args.out / "plan.json", *args.out.glob("**/pair.json"), *args.out.glob("**/load.json")]:
-        dest = RESULTS / (path.name if path.name == "plan.json" else Path("runs") / path.relative_to(args.out))
+    shutil.copyfile(args.out / "plan.json", RESULTS / "plan.json")
+    for path in [*args.out.glob("**/pair.json"), *args.out.glob("**/load.json")]:
+        dest = RESULTS / "runs" / path.relative_to(args.out)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest)
 
